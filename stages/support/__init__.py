@@ -1,0 +1,1 @@
+"""Helpers shared by several stages (ONNX files, datasets, sessions); not stages themselves."""

@@ -1,0 +1,98 @@
+"""Reading and writing ONNX models as a directory: ``model.onnx`` plus its external data.
+
+Every stage output that holds a model uses this layout, so the weights file a large model
+needs travels with it through every stage, checksum and bundle.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+from pipeline.errors import InputError
+
+MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "model.onnx.data"
+# below this many initializer bytes a model stays one file
+EXTERNAL_DATA_THRESHOLD = 1 << 20
+
+
+def model_file(directory: Path) -> Path:
+    return directory / MODEL_FILE
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """Files that ``path`` references as external data, refusing any outside its folder.
+
+    Refuses absolute locations, ``..`` segments and symlinks before any tensor is read, so a
+    crafted model cannot make us read (or copy into a bundle) a file elsewhere on the machine.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.parent.resolve()
+    found: dict[str, Path] = {}
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        candidate = path.parent / location
+        if (
+            Path(location).is_absolute()
+            or ".." in Path(location).parts
+            or candidate.is_symlink()
+            or not candidate.resolve().is_relative_to(folder)
+        ):
+            raise InputError(
+                f"{path}: tensor '{tensor.name}' keeps its data at '{location}', outside the "
+                "model's folder; external data must be a plain file beside the model."
+            )
+        if not candidate.is_file():
+            raise InputError(f"{path}: external data file '{location}' is missing.")
+        found[location] = candidate
+    return [found[name] for name in sorted(found)]
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Load a model with its external data, after checking where that data lives."""
+    if not path.is_file():
+        raise InputError(f"{path}: ONNX model not found.")
+    external_data_files(path)
+    return onnx.load(str(path), load_external_data=True)
+
+
+def save_model(model: onnx.ModelProto, directory: Path) -> Path:
+    """Write ``model`` as ``directory/model.onnx`` (+ ``model.onnx.data`` when large)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = model_file(directory)
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    external = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(
+        model,
+        str(target),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=WEIGHTS_FILE,
+        size_threshold=1024,
+    )
+    return target
+
+
+def model_files(directory: Path) -> list[Path]:
+    """``model.onnx`` of ``directory`` and every external data file it references."""
+    path = model_file(directory)
+    return [path, *external_data_files(path)]
+
+
+def copy_model(source: Path, destination: Path) -> Path:
+    """Copy the model of directory ``source`` (with its external data) into ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for file in model_files(source):
+        shutil.copyfile(file, destination / file.name)
+    return model_file(destination)
+
+
+def model_size(directory: Path) -> int:
+    """Bytes on disk of the model and its external data."""
+    return sum(f.stat().st_size for f in model_files(directory))

@@ -1,0 +1,25 @@
+"""Shared fixtures: stage contexts built from plain dicts, as the executor builds them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from stages.base import StageContext
+
+
+def make_context(config: dict[str, Any], out: Path, inputs: dict[str, Path] | None = None,
+                 target: str | None = None) -> StageContext:
+    """A StageContext like the executor's: read-only config, enums as plain strings."""
+    cfg = OmegaConf.create(config)
+    OmegaConf.set_readonly(cfg, True)
+    out.mkdir(parents=True, exist_ok=True)
+    return StageContext(config=cfg, inputs=inputs or {}, out=out, target=target)
+
+
+@pytest.fixture
+def context_factory(tmp_path: Path):
+    return lambda config, name="out", **kw: make_context(config, tmp_path / name, **kw)
