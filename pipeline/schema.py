@@ -78,6 +78,8 @@ class DatasetConfig:
     layout: Layout = Layout.nchw
     mean: float = 0.0
     std: float = 1.0
+    # false when the dataset's labels are not the model's classes (agreement is still measured)
+    use_labels: bool = True
     # disjoint splits, drawn with this seed
     seed: int = 0
     calibration_size: int = 256
@@ -143,6 +145,9 @@ class QuantizeConfig:
     activation_type: QuantType = QuantType.uint8
     weight_type: QuantType = QuantType.int8
     reduce_range: bool = False
+    # TensorRT-class targets need zero points of 0 (symmetric int8)
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 

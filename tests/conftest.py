@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from omegaconf import OmegaConf
 
 from stages.base import StageContext
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def make_context(config: dict[str, Any], out: Path, inputs: dict[str, Path] | None = None,

@@ -44,7 +44,7 @@ def load_dataset(dataset: Any, inputs: Any) -> Dataset:
                     "calibration and accuracy figures mean little")
         arrays, labels = _synthetic(dataset, inputs), None
     _check_arrays(arrays, inputs, dataset)
-    return _split(arrays, labels, dataset)
+    return _split(arrays, labels if dataset.get("use_labels", True) else None, dataset)
 
 
 def _digits(dataset: Any) -> tuple[np.ndarray, np.ndarray]:

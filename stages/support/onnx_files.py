@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-import onnx
-from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+from typing import TYPE_CHECKING
 
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    import onnx
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
@@ -30,6 +31,9 @@ def external_data_files(path: Path) -> list[Path]:
     Refuses absolute locations, ``..`` segments and symlinks before any tensor is read, so a
     crafted model cannot make us read (or copy into a bundle) a file elsewhere on the machine.
     """
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
     model = onnx.load(str(path), load_external_data=False)
     folder = path.parent.resolve()
     found: dict[str, Path] = {}
@@ -58,12 +62,16 @@ def load_model(path: Path) -> onnx.ModelProto:
     """Load a model with its external data, after checking where that data lives."""
     if not path.is_file():
         raise InputError(f"{path}: ONNX model not found.")
+    import onnx
+
     external_data_files(path)
     return onnx.load(str(path), load_external_data=True)
 
 
 def save_model(model: onnx.ModelProto, directory: Path) -> Path:
     """Write ``model`` as ``directory/model.onnx`` (+ ``model.onnx.data`` when large)."""
+    import onnx
+
     directory.mkdir(parents=True, exist_ok=True)
     target = model_file(directory)
     weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)

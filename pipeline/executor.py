@@ -1,0 +1,125 @@
+"""Run a plan: look every node up in the cache, build what is missing, in parallel.
+
+A node is ready once all its upstream nodes have finished; up to ``jobs`` ready nodes build at
+once. After a failure nothing new starts; nodes already running finish (and are cached, so a
+re-run of the same command resumes from there).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from omegaconf import OmegaConf
+
+from pipeline.errors import PipelineError, StageError
+from pipeline.keys import cache_key, key_payload
+from stages.base import StageContext
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pipeline.cache import Cache, Entry
+    from pipeline.plan import Node, Plan
+
+
+class Display(Protocol):
+    def started(self, node: Node) -> None: ...
+    def status(self, node: Node, message: str) -> None: ...
+    def finished(self, result: NodeResult) -> None: ...
+
+
+@dataclass
+class NodeResult:
+    node: Node
+    status: str  # ran | cached | failed | skipped
+    seconds: float = 0.0
+    key: str | None = None
+    entry: Entry | None = None
+    error: PipelineError | None = None
+
+
+def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, NodeResult]:
+    """Execute ``plan``; returns one result per node, in plan order."""
+    runner = _Runner(plan, cache, display)
+    pending = dict(plan.nodes)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        running: dict[Future[NodeResult], str] = {}
+        while pending or running:
+            failed = any(r.status == "failed" for r in runner.results.values())
+            for name in [] if failed else _ready(pending, runner.results, jobs - len(running)):
+                node = pending.pop(name)
+                display.started(node)
+                running[pool.submit(runner.run_node, node)] = name
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                runner.results[running.pop(future)] = result
+                display.finished(result)
+    for name, node in pending.items():
+        runner.results[name] = NodeResult(node, "skipped")
+        display.finished(runner.results[name])
+    return {name: runner.results[name] for name in plan.nodes}
+
+
+def _ready(pending: dict[str, Node], results: dict[str, NodeResult], slots: int) -> list[str]:
+    ready = [name for name, node in pending.items()
+             if all(up in results for up in node.upstream.values())]
+    return ready[:max(0, slots)]
+
+
+@dataclass
+class _Runner:
+    plan: Plan
+    cache: Cache
+    display: Display
+    results: dict[str, NodeResult] = field(default_factory=dict)
+
+    def run_node(self, node: Node) -> NodeResult:
+        start = time.perf_counter()
+        inputs = {slot: self.results[up].entry for slot, up in node.upstream.items()}
+        try:
+            digests = {slot: entry.digest for slot, entry in inputs.items()}  # type: ignore[union-attr]
+            payload = key_payload(node, digests, self.cache.state)
+            key = cache_key(payload)
+            forced = node.name in self.plan.force
+            entry = None if forced else self.cache.lookup(key)
+            status = "cached"
+            if entry is None:
+                entry, status = self._build(node, key, payload, inputs)  # type: ignore[arg-type]
+        except PipelineError as exc:
+            error = type(exc)(f"stage '{node.name}': {exc}")
+            return NodeResult(node, "failed", time.perf_counter() - start, error=error)
+        return NodeResult(node, status, time.perf_counter() - start, key, entry)
+
+    def _build(self, node: Node, key: str, payload: dict[str, Any],
+               inputs: dict[str, Entry]) -> tuple[Entry, str]:
+        with self.cache.lock(key):
+            forced = node.name in self.plan.force
+            entry = None if forced else self.cache.lookup(key)
+            if entry is not None:  # another run built it while we waited for the lock
+                return entry, "cached"
+            staged = self.cache.staging(key)
+            start = time.perf_counter()
+            try:
+                summary = node.spec.fn(_context(node, inputs, staged / "out", self.display))
+            except PipelineError:
+                self.cache.discard(staged)
+                raise
+            except Exception as exc:
+                self.cache.discard(staged)
+                raise StageError(f"failed: {type(exc).__name__}: {exc}") from exc
+            meta = {"node": node.name, "payload": payload, "summary": summary or {},
+                    "seconds": round(time.perf_counter() - start, 3)}
+            return self.cache.commit(key, staged, meta), "ran"
+
+
+def _context(node: Node, inputs: dict[str, Entry], out: Path, display: Display) -> StageContext:
+    config = OmegaConf.create(node.config)
+    OmegaConf.set_readonly(config, True)
+    return StageContext(config=config, inputs={s: e.out for s, e in inputs.items()}, out=out,
+                        target=node.target, report=lambda msg: display.status(node, msg))

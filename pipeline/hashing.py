@@ -1,0 +1,91 @@
+"""Content digests: canonical JSON for configs, sha256 for files and directories.
+
+File digests are memoized by (inode, mtime_ns, size) in a small JSON state file, as dvc-data's
+State does, so an unchanged multi-megabyte checkpoint is not read again on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def digest_json(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(directory: Path) -> list[Path]:
+    """Every regular file under ``directory``, sorted by relative path."""
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def tree_digest(files: dict[str, str]) -> str:
+    """Digest of a directory from its {relative path: file digest} map."""
+    return digest_json(sorted(files.items()))
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in list_files(directory)}
+
+
+class DigestState:
+    """Memo of file digests keyed by path and stat, persisted across runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._changed = False
+        try:
+            self._memo: dict[str, list[Any]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self._memo = {}
+
+    def file(self, path: Path) -> str:
+        stat = path.stat()
+        stamp = [stat.st_ino, stat.st_mtime_ns, stat.st_size]
+        key = str(path.resolve())
+        with self._lock:
+            known = self._memo.get(key)
+        if known and known[:3] == stamp:
+            return known[3]
+        digest = sha256_file(path)
+        with self._lock:
+            self._memo[key] = [*stamp, digest]
+            self._changed = True
+        return digest
+
+    def tree(self, directory: Path) -> str:
+        """Digest of a directory: sha256 over its sorted (relative path, file digest) list."""
+        return tree_digest({p.relative_to(directory).as_posix(): self.file(p)
+                            for p in list_files(directory)})
+
+    def path_digest(self, path: Path) -> str:
+        return self.tree(path) if path.is_dir() else self.file(path)
+
+    def save(self) -> None:
+        if not self._changed:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(canonical_json(self._memo))
+        os.replace(tmp, self.path)

@@ -1,0 +1,64 @@
+"""The cache key of a stage node: a digest of everything that can change its output."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from importlib.machinery import PathFinder
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.hashing import DigestState, digest_json
+
+if TYPE_CHECKING:
+    from pipeline.plan import Node
+
+KEY_SCHEMA = 1  # bump when the layout of the payload below changes
+
+
+def key_payload(node: Node, input_digests: dict[str, str], state: DigestState) -> dict[str, Any]:
+    spec = node.spec
+    return {
+        "schema": KEY_SCHEMA,
+        "kind": spec.kind,
+        "version": spec.version,
+        "config": node.config,
+        "inputs": input_digests,
+        "sources": {key: source_digest(key, value, state)
+                    for key, value in sorted(node.sources.items())},
+        "tools": {dist: tool_version(dist) for dist in spec.tools},
+    }
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    return digest_json(payload)
+
+
+def source_digest(key: str, value: str, state: DigestState) -> str:
+    """Content digest of a source file, directory, or factory module (found without import)."""
+    if key.endswith("factory"):
+        module_file = _module_file(value.split(":", maxsplit=1)[0])
+        return state.file(module_file) if module_file else f"unlocated:{value}"
+    return state.path_digest(Path(value))
+
+
+@functools.cache
+def tool_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _module_file(dotted: str) -> Path | None:
+    # Walk the package path by hand: importing the factory's package here would import torch
+    # or tensorflow, which a cached rebuild must not pay for.
+    search: list[str] | None = None
+    spec = None
+    for part in dotted.split("."):
+        spec = PathFinder.find_spec(part, search)
+        if spec is None:
+            return None
+        search = list(spec.submodule_search_locations or [])
+    origin = spec.origin if spec else None
+    return Path(origin) if origin and Path(origin).is_file() else None

@@ -1,0 +1,92 @@
+"""Build one recipe: plan it, run it (or show what would run), publish bundles, log the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import bundle, executor, plan
+from pipeline.cache import Cache, Entry
+from pipeline.keys import cache_key, key_payload
+from pipeline.progress import LiveDisplay, summary_table
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from pipeline.errors import PipelineError
+
+
+def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
+    """Build the recipe ``cfg``; returns the run record, raises the first stage error."""
+    console = console or Console(stderr=True)
+    the_plan = plan.build(cfg)
+    run_cfg = the_plan.resolved["run"]
+    cache = Cache(Path(run_cfg["cache_dir"]))
+    if run_cfg["dry_run"]:
+        console.print(dry_run_table(the_plan, cache))
+        return {"recipe": the_plan.recipe, "dry_run": True}
+    recipe_dir = Path(run_cfg["artifacts_dir"]) / the_plan.recipe
+    started = time.time()
+    with LiveDisplay(console, live=run_cfg["progress"]) as display:
+        results = executor.run(the_plan, cache, run_cfg["jobs"], display)
+    bundles = bundle.publish(the_plan, results, recipe_dir, cache.state)
+    cache.state.save()
+    record = _record(the_plan, results, bundles, time.time() - started)
+    _write_json(recipe_dir / "run.json", record)
+    verdict = "ok" if record["ok"] else "FAILED"
+    console.print(summary_table(results, f"{the_plan.recipe}: {verdict}"))
+    errors = [r.error for r in results.values() if r.error is not None]
+    if errors:
+        raise errors[0]
+    return record
+
+
+def _record(the_plan: plan.Plan, results: dict[str, executor.NodeResult],
+            bundles: dict[str, Path], seconds: float) -> dict[str, Any]:
+    errors = [str(r.error) for r in results.values() if r.error is not None]
+    return {
+        "recipe": the_plan.recipe,
+        "ok": not errors,
+        "seconds": round(seconds, 3),
+        "stages": [{"stage": r.node.spec.kind, "target": r.node.target, "status": r.status,
+                    "seconds": round(r.seconds, 3), "key": r.key} for r in results.values()],
+        "bundles": {target: str(path) for target, path in bundles.items()},
+        "errors": errors,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data, indent=2))
+    os.replace(partial, path)
+
+
+def dry_run_table(the_plan: plan.Plan, cache: Cache) -> Table:
+    """What a run would do, without running: each node, its inputs, cache hit or miss."""
+    table = Table(title=f"{the_plan.recipe}: dry run")
+    for column in ("stage", "target", "inputs", "would", "key"):
+        table.add_column(column)
+    entries: dict[str, Entry | None] = {}
+    for name, node in the_plan.nodes.items():
+        ups = [entries.get(up) for up in node.upstream.values()]
+        key, entry = None, None
+        if all(ups):
+            digests = {slot: e.digest for slot, e in zip(node.upstream, ups, strict=True)}
+            key = cache_key(key_payload(node, digests, cache.state))
+            entry = None if name in the_plan.force else cache.lookup(key)
+        entries[name] = entry
+        would = "use cache" if entry else ("run (forced)" if name in the_plan.force else "run")
+        table.add_row(node.spec.kind, node.target or "-", ", ".join(node.upstream.values()),
+                      would, key[:12] if key else "(after inputs)")
+    return table
+
+
+def explain(exc: PipelineError) -> str:
+    return f"edgekiln: {exc.label}: {exc}"

@@ -1,0 +1,45 @@
+"""Nearest-name suggestions for Hydra's composition errors, which name the key but not a fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+
+from pipeline import schema
+from pipeline.errors import did_you_mean
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_UNKNOWN_KEY = re.compile(r"Key '(\w+)' not in '(\w+)'")
+_MISSING_OPTION = re.compile(r"Could not find '([\w/]+)/(\w+)'")
+
+
+def suggestion(message: str, search_path: list[Path]) -> str:
+    """' Did you mean ...?' for an unknown key or config option in ``message``, else ''."""
+    if match := _UNKNOWN_KEY.search(message):
+        key, owner = match.groups()
+        cls = getattr(schema, owner, None)
+        if dataclasses.is_dataclass(cls):
+            return did_you_mean(key, [f.name for f in dataclasses.fields(cls)])
+    if match := _MISSING_OPTION.search(message):
+        group, name = match.groups()
+        options = {p.stem for root in search_path for p in (root / group).glob("*.yaml")}
+        return did_you_mean(name, options)
+    return ""
+
+
+class Tee:
+    """A stream that writes through and keeps a copy, to read Hydra's error text."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.text: list[str] = []
+
+    def write(self, data: str) -> int:
+        self.text.append(data)
+        return self.stream.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)

@@ -1,0 +1,115 @@
+"""The ``export`` stage: a torch, TensorFlow or ONNX model in, a checked ``model.onnx`` out.
+
+The exported model must pass ``onnx.checker``, take exactly the recipe's inputs, and agree
+with the source framework on seeded random samples within ``export.parity_atol/rtol``.
+Frameworks (and onnx, numpy) are imported inside the functions, so importing the stage
+registry stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import OmegaConf
+
+from pipeline.errors import EnvironmentProblem, RecipeError, StageError
+from stages.base import StageContext, stage
+from stages.support.export_checks import (
+    check_signature,
+    describe,
+    graph_inputs,
+    make_samples,
+    parity,
+)
+from stages.support.export_tf import export_tensorflow
+from stages.support.export_torch import export_torch
+from stages.support.onnx_files import load_model, save_model
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import onnx
+
+    from stages.support.datasets import Feed
+    from stages.support.export_torch import Reference
+
+# modules each framework needs, and the extra of pyproject.toml that installs them
+NEEDS = {"torch": (("torch", "onnxscript"), "torch"),
+         "tensorflow": (("tensorflow", "tf2onnx"), "tf")}
+
+
+@stage("export", inputs={}, reads=("model", "export"),
+       tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx"),
+       sources=("model.checkpoint", "model.path"))
+def export(ctx: StageContext) -> dict[str, Any]:
+    """Export the recipe's model to ONNX in ``ctx.out`` and check it against the source."""
+    import onnx
+
+    model, settings = ctx.config.model, ctx.config.export
+    # the exporters trace with one sample, so there is always at least one
+    samples = make_samples(model.inputs, model.dynamic_size, max(settings.parity_samples, 1))
+    ctx.report(f"exporting the {model.framework} model")
+    proto, reference = _convert(model, settings, samples[0])
+    path = save_model(proto, ctx.out)
+    del proto  # the weights of a large model should not stay in memory twice
+    try:
+        onnx.checker.check_model(str(path))  # by path, so external data is checked too
+    except onnx.checker.ValidationError as exc:
+        raise StageError(f"the ONNX model fails onnx.checker: {exc}") from exc
+    header = onnx.load(str(path), load_external_data=False)
+    check_signature(header.graph, model.inputs, list(model.outputs))
+    ctx.report("comparing onnxruntime with the source model")
+    summary = {
+        "framework": model.framework,
+        "opset": next(o.version for o in header.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": [describe(value) for value in graph_inputs(header.graph)],
+        "outputs": [describe(value) for value in header.graph.output],
+        "parity": parity(path, reference, samples[:settings.parity_samples], settings),
+        "nodes": len(header.graph.node),
+    }
+    (ctx.out / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _convert(model: Any, settings: Any, sample: Feed) -> tuple[onnx.ModelProto, Reference | None]:
+    """(ONNX model, reference that runs the source model); no reference for an ONNX source."""
+    if model.framework == "onnx":
+        if not model.path:
+            raise RecipeError("model.framework=onnx needs model.path, an .onnx file.")
+        return load_model(Path(model.path)), None
+    modules, extra = NEEDS[model.framework]
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise EnvironmentProblem(f"model.framework={model.framework} needs {module}: "
+                                     f"pip install '.[{extra}]'")
+    make = _import_factory(model) if model.factory else None
+    if model.framework == "tensorflow":
+        return export_tensorflow(make, model, settings, sample)
+    if make is None:
+        raise RecipeError("model.framework=torch needs model.factory ('package.module:callable' "
+                          "returning the nn.Module).")
+    return export_torch(make, model, settings, sample)
+
+
+def _import_factory(model: Any) -> Callable[[], Any]:
+    """Resolve ``model.factory`` by its explicit dotted path; bind ``model.factory_kwargs``."""
+    module_name, _, attribute = model.factory.partition(":")
+    if not module_name or not attribute:
+        raise RecipeError(f"model.factory '{model.factory}' must look like "
+                          "'package.module:callable'.")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise RecipeError(f"model.factory '{model.factory}' cannot be imported (modules are "
+                          f"found from the current directory): {exc}") from exc
+    if not callable(target):
+        raise RecipeError(f"model.factory '{model.factory}' is a {type(target).__name__}, "
+                          "not a callable.")
+    kwargs = OmegaConf.to_container(model.factory_kwargs, resolve=True)
+    return lambda: target(**kwargs)

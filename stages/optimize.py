@@ -1,0 +1,121 @@
+"""Stage ``optimize``: ONNX shape inference, then ONNX Runtime's offline graph optimizations.
+
+The optimized graph is saved once here, so every target's session later starts from the same
+rewritten model instead of each one redoing (and perhaps disagreeing on) the rewrites.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stages.base import stage
+from stages.support import onnx_files
+
+if TYPE_CHECKING:
+    from stages.base import StageContext
+
+log = logging.getLogger(__name__)
+
+# "all" is left out on purpose: its layout rewrites (NCHWc) tie a saved model to one CPU.
+LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
+# initializers at least this large go to the external data file when the model has one
+EXTERNAL_MIN_BYTES = 1024
+
+
+@stage("optimize", inputs={"model": "export"}, reads=("optimize",),
+       tools=("onnx", "onnxruntime"))
+def optimize(ctx: StageContext) -> dict[str, Any]:
+    """Infer shapes and apply ORT graph optimizations at ``optimize.level``.
+
+    Args:
+        ctx: stage context; ``ctx.inputs["model"]`` holds the exported model directory.
+
+    Returns:
+        Node counts and sizes before and after, and the op-type histogram after.
+    """
+    cfg = ctx.config.optimize
+    source = ctx.inputs["model"]
+    if cfg.level == "extended":
+        log.warning("optimize.level=extended may fuse nodes into com.microsoft contrib ops "
+                    "(FusedConv, FusedGemm, ...) that only some execution providers run and "
+                    "that static quantization leaves in float; 'basic' is portable")
+    before = model_stats(source)
+    with tempfile.TemporaryDirectory(prefix="edgekiln-optimize-") as tmp:
+        # shape inference rewrites its file in place, so it works on a copy
+        current = onnx_files.copy_model(source, Path(tmp) / "input")
+        if cfg.shape_inference:
+            ctx.report("shape inference")
+            _infer_shapes(current)
+        if cfg.level != "none":
+            ctx.report(f"ORT graph optimization ({cfg.level})")
+            current = _ort_optimize(current, Path(tmp) / "optimized", cfg.level)
+        model = onnx_files.load_model(current)
+    onnx_files.save_model(model, ctx.out)
+    after = model_stats(ctx.out)
+    summary = {
+        "level": cfg.level,
+        "shape_inference": bool(cfg.shape_inference),
+        "nodes_before": before["nodes"],
+        "nodes_after": after["nodes"],
+        "size_before": before["size"],
+        "size_after": after["size"],
+        "ops_after": after["ops"],
+    }
+    (ctx.out / "optimize.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def model_stats(directory: Path) -> dict[str, Any]:
+    """Node count, op-type histogram and bytes on disk (external data included) of a model dir.
+
+    Nodes of subgraphs (If/Loop/Scan bodies) count too. Ops outside the default ONNX domain
+    are keyed ``domain:Op`` so contrib ops stand out.
+    """
+    import onnx
+
+    size = onnx_files.model_size(directory)  # also refuses external data outside the folder
+    model = onnx.load(str(onnx_files.model_file(directory)), load_external_data=False)
+    ops: Counter[str] = Counter()
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+            ops[f"{domain}:{node.op_type}" if domain else node.op_type] += 1
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
+    return {"nodes": sum(ops.values()), "size": size, "ops": dict(sorted(ops.items()))}
+
+
+def _infer_shapes(path: Path) -> None:
+    """Annotate value_info in place; the path-based API also works past protobuf's 2 GB cap."""
+    import onnx
+
+    # data_prop lets Shape -> Gather -> Reshape chains resolve to static shapes
+    onnx.shape_inference.infer_shapes_path(str(path), str(path), data_prop=True)
+
+
+def _ort_optimize(path: Path, directory: Path, level: str) -> Path:
+    """Let ORT rewrite the graph and save the result as ``directory/model.onnx``."""
+    import onnxruntime as ort
+
+    directory.mkdir(parents=True)
+    target = onnx_files.model_file(directory)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
+    options.optimized_model_filepath = str(target)
+    if onnx_files.external_data_files(path):
+        # ORT otherwise writes every weight inline and fails past protobuf's 2 GB limit
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", onnx_files.WEIGHTS_FILE)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            str(EXTERNAL_MIN_BYTES))
+    # the CPU EP only decides which fusions apply; basic-level rewrites are EP-independent
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return target

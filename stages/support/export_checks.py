@@ -1,0 +1,144 @@
+"""Checks of an exported model: its inputs against the recipe, its outputs against the source.
+
+Parity uses np.allclose's rule, |onnx - ref| <= atol + rtol * |ref|, on seeded random samples.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import RecipeError, StageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+    import onnx
+
+    from stages.support.datasets import Feed
+    from stages.support.export_torch import Reference
+
+SAMPLE_SEED = 0
+
+
+def make_samples(inputs: Any, dynamic_size: int, count: int) -> list[Feed]:
+    """``count`` seeded random feeds for recipe ``inputs``; dynamic dims get ``dynamic_size``."""
+    import numpy as np
+
+    rng = np.random.default_rng(SAMPLE_SEED)
+    return [{spec.name: _random(rng, spec, dynamic_size) for spec in inputs}
+            for _ in range(count)]
+
+
+def _random(rng: np.random.Generator, spec: Any, dynamic_size: int) -> np.ndarray:
+    import numpy as np
+
+    shape = [dynamic_size if isinstance(size, str) else size for size in spec.shape]
+    dtype = np.dtype(spec.dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    if np.issubdtype(dtype, np.integer):
+        low, high = int(spec.low), int(spec.high)
+        if high <= low:
+            raise RecipeError(f"model.inputs '{spec.name}': integer samples are drawn from "
+                              f"[low, high), which is empty for low={low}, high={high}.")
+        return rng.integers(low, high, size=shape, dtype=dtype)
+    return rng.uniform(spec.low, spec.high, size=shape).astype(dtype)
+
+
+def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are not initializers (old exporters list weights as inputs too)."""
+    weights = {tensor.name for tensor in graph.initializer}
+    return [value for value in graph.input if value.name not in weights]
+
+
+def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
+    """Name, numpy dtype name and shape (ints, or strings for dynamic dims) of a graph value."""
+    import numpy as np
+    import onnx
+
+    tensor = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+    shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
+             for dim in tensor.shape.dim]
+    return {"name": value.name, "dtype": np.dtype(dtype).name, "shape": shape}
+
+
+def check_signature(graph: onnx.GraphProto, inputs: Any, outputs: list[str]) -> None:
+    """The ONNX model takes the recipe's inputs (dtypes, shapes) and returns its outputs."""
+    found = [value.name for value in graph.output]
+    if outputs and found != outputs:
+        raise RecipeError(f"model.outputs are {outputs}, but the ONNX model's outputs are "
+                          f"{found}.")
+    actual = {value.name: describe(value) for value in graph_inputs(graph)}
+    if set(actual) != {spec.name for spec in inputs}:
+        raise RecipeError(f"model.inputs are {sorted(spec.name for spec in inputs)}, but the "
+                          f"ONNX model's inputs are {sorted(actual)}.")
+    for spec in inputs:
+        found, wanted = actual[spec.name], list(spec.shape)
+        if found["dtype"] != spec.dtype:
+            raise RecipeError(f"model.inputs '{spec.name}' is {spec.dtype} in the recipe, "
+                              f"{found['dtype']} in the ONNX model.")
+        # a dynamic ONNX dim takes any size; a fixed one must be what the recipe says
+        if len(found["shape"]) != len(wanted) or any(
+                a != w and not isinstance(a, str)
+                for a, w in zip(found["shape"], wanted, strict=False)):
+            raise RecipeError(f"model.inputs '{spec.name}' has shape {wanted} in the recipe, "
+                              f"{found['shape']} in the ONNX model.")
+
+
+def parity(path: Path, reference: Reference | None, samples: list[Feed],
+           settings: Any) -> dict[str, Any]:
+    """Run ``samples`` through onnxruntime and ``reference``; fail beyond the tolerances.
+
+    Without a reference (an ONNX source) the samples still prove that the model runs.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [value.name for value in session.get_outputs()]
+    worst = {name: (0.0, 0.0) for name in names}
+    for feed in samples:
+        got = session.run(None, feed)
+        if reference is None:
+            continue
+        want = reference(feed)
+        if len(want) != len(got):
+            raise StageError(f"the ONNX model has {len(got)} outputs, the source model "
+                             f"{len(want)}.")
+        for name, actual, expected in zip(names, got, want, strict=True):
+            diffs = compare(name, actual, expected, settings)
+            worst[name] = (max(worst[name][0], diffs[0]), max(worst[name][1], diffs[1]))
+    checked = reference is not None and bool(samples)
+    return {
+        "samples": len(samples),
+        "max_abs_diff": max(a for a, _ in worst.values()) if checked else None,
+        "max_rel_diff": max(r for _, r in worst.values()) if checked else None,
+        "outputs": {name: {"max_abs_diff": a, "max_rel_diff": r}
+                    for name, (a, r) in worst.items()} if checked else {},
+    }
+
+
+def compare(name: str, actual: np.ndarray, expected: np.ndarray,
+            settings: Any) -> tuple[float, float]:
+    """(max abs diff, max rel diff) of one output; StageError beyond atol + rtol * |ref|."""
+    import numpy as np
+
+    if actual.shape != expected.shape:
+        raise StageError(f"export parity: output '{name}' has shape {list(actual.shape)} in "
+                         f"onnxruntime, {list(expected.shape)} in the source model.")
+    actual, expected = actual.astype(np.float64), expected.astype(np.float64)
+    diff = np.abs(actual - expected)
+    allowed = settings.parity_atol + settings.parity_rtol * np.abs(expected)
+    if not np.all(diff <= allowed):  # written so that NaN fails, as in np.allclose
+        raise StageError(
+            f"export parity: output '{name}' of onnxruntime differs from the source model by "
+            f"up to {np.max(diff):.3g} (max abs diff), over the tolerance parity_atol + "
+            f"parity_rtol*|ref| = {settings.parity_atol:g} + {settings.parity_rtol:g}*|ref| "
+            f"by up to {np.max(diff - allowed):.3g}. Raise export.parity_atol/parity_rtol if "
+            "this drift is expected.")
+    # relative only where the reference exceeds atol, so that near-zero values don't explode
+    scale = np.abs(expected)
+    meaningful = scale > max(settings.parity_atol, np.finfo(np.float32).tiny)
+    relative = diff[meaningful] / scale[meaningful]
+    return float(diff.max(initial=0.0)), float(relative.max(initial=0.0))

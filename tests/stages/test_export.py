@@ -1,0 +1,197 @@
+"""The export stage on real torch, Keras, SavedModel and ONNX models (no mocks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from export_models import save_onnx_affine, save_tf_module
+
+from pipeline.errors import InputError, RecipeError, StageError
+from stages.export import export
+from stages.support.export_torch import load_checkpoint
+from stages.support.onnx_files import WEIGHTS_FILE, load_model, model_file
+
+ZOO = Path(__file__).resolve().parents[2] / "recipes" / "zoo"
+EXPORT = {"opset": 18, "parity_samples": 2, "parity_atol": 1e-4, "parity_rtol": 1e-3}
+DIGITS_NCHW = [{"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+AFFINE = [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}]
+
+
+def config(framework: str, inputs: list[dict[str, Any]], **model: Any) -> dict[str, Any]:
+    """A resolved recipe with the keys export reads; enums as strings, as the executor passes."""
+    defaults = {"name": "m", "factory": None, "factory_kwargs": {}, "checkpoint": None,
+                "path": None, "outputs": [], "dynamic_size": 2}
+    specs = [{"low": 0.0, "high": 1.0} | spec for spec in inputs]
+    return {"model": defaults | model | {"framework": framework, "inputs": specs},
+            "export": EXPORT}
+
+
+def run_onnx(out: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(model_file(out)), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def test_torch_digits_with_checkpoint(context_factory: Any) -> None:
+    ctx = context_factory(config("torch", DIGITS_NCHW, factory="recipes.zoo.digits:digits_cnn",
+                                 checkpoint=str(ZOO / "digits_cnn.pt"), outputs=["logits"]))
+    summary = export(ctx)
+    assert summary["inputs"] == [{"name": "pixels", "dtype": "float32",
+                                  "shape": ["batch", 1, 8, 8]}]
+    assert summary["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
+    assert summary["opset"] == 18
+    assert summary["parity"]["samples"] == 2
+    assert 0 <= summary["parity"]["max_abs_diff"] <= 1e-4
+    assert json.loads((ctx.out / "export.json").read_text()) == summary
+    # batch 3 was never seen during export: the batch dimension is really dynamic
+    (logits,) = run_onnx(ctx.out, {"pixels": np.zeros((3, 1, 8, 8), np.float32)})
+    assert logits.shape == (3, 10)
+
+
+def test_torch_two_inputs_with_int64(context_factory: Any) -> None:
+    inputs = [{"name": "features", "dtype": "float32", "shape": ["batch", 4]},
+              {"name": "tokens", "dtype": "int64", "shape": ["batch", 6], "low": 0, "high": 10}]
+    ctx = context_factory(config("torch", inputs, factory="export_models:two_inputs",
+                                 outputs=["score", "pooled"]))
+    summary = export(ctx)
+    assert [(i["name"], i["dtype"]) for i in summary["inputs"]] == [("features", "float32"),
+                                                                     ("tokens", "int64")]
+    assert [o["name"] for o in summary["outputs"]] == ["score", "pooled"]
+    assert set(summary["parity"]["outputs"]) == {"score", "pooled"}
+    feed = {"features": np.ones((5, 4), np.float32), "tokens": np.full((5, 6), 9, np.int64)}
+    score, pooled = run_onnx(ctx.out, feed)
+    assert score.shape == (5, 1)
+    assert pooled.shape == (5, 4)
+
+
+def test_large_torch_model_keeps_weights_beside_the_graph(context_factory: Any) -> None:
+    inputs = [{"name": "x", "dtype": "float32", "shape": ["batch", 768]}]
+    ctx = context_factory(config("torch", inputs, factory="export_models:wide_mlp"))
+    summary = export(ctx)
+    assert (ctx.out / WEIGHTS_FILE).stat().st_size > 1 << 20
+    assert len(load_model(model_file(ctx.out)).graph.initializer) == 4
+    (y,) = run_onnx(ctx.out, {"x": np.ones((1, 768), np.float32)})
+    assert y.shape == (1, 768)
+    assert summary["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_keras_file(context_factory: Any) -> None:
+    inputs = [{"name": "pixels", "dtype": "float32", "shape": ["batch", 8, 8, 1]}]
+    ctx = context_factory(config("tensorflow", inputs, path=str(ZOO / "digits_cnn.keras"),
+                                 outputs=["logits"]))
+    summary = export(ctx)
+    assert summary["inputs"][0]["shape"] == ["batch", 8, 8, 1]
+    assert [o["name"] for o in summary["outputs"]] == ["logits"]
+    assert summary["parity"]["max_abs_diff"] <= 1e-4
+    (logits,) = run_onnx(ctx.out, {"pixels": np.zeros((3, 8, 8, 1), np.float32)})
+    assert logits.shape == (3, 10)
+
+
+def test_keras_factory_with_two_inputs(context_factory: Any) -> None:
+    inputs = [{"name": "features", "dtype": "float32", "shape": ["batch", 3]},
+              {"name": "tokens", "dtype": "int32", "shape": ["batch", 5], "low": 0, "high": 10}]
+    ctx = context_factory(config("tensorflow", inputs, factory="export_models:keras_two_inputs"))
+    summary = export(ctx)
+    assert [i["dtype"] for i in summary["inputs"]] == ["float32", "int32"]
+    assert [o["name"] for o in summary["outputs"]] == ["output_0"]
+    assert summary["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_saved_model_keeps_signature_output_names(context_factory: Any, tmp_path: Path) -> None:
+    save_tf_module(tmp_path / "saved")
+    ctx = context_factory(config("tensorflow", AFFINE, path=str(tmp_path / "saved")))
+    summary = export(ctx)
+    (output,) = summary["outputs"]
+    assert (output["name"], output["shape"][1]) == ("y", 2)  # named by the signature's dict key
+    assert summary["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_existing_onnx_is_copied_and_run(context_factory: Any, tmp_path: Path) -> None:
+    save_onnx_affine(tmp_path / "src" / "affine.onnx")
+    ctx = context_factory(config("onnx", AFFINE, path=str(tmp_path / "src" / "affine.onnx")))
+    summary = export(ctx)
+    assert summary["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["N", 2]}]
+    assert summary["parity"]["max_abs_diff"] is None  # an ONNX source is its own reference
+    (y,) = run_onnx(ctx.out, {"x": np.ones((4, 3), np.float32)})
+    assert y.shape == (4, 2)
+
+
+@pytest.mark.parametrize(("inputs", "outputs", "message"), [
+    pytest.param([{"name": "image", "dtype": "float32", "shape": ["batch", 3]}], [],
+                 r"model.inputs are \['image'\].*\['x'\]", id="input-name"),
+    pytest.param([{"name": "x", "dtype": "int64", "shape": ["batch", 3]}], [],
+                 r"model.inputs 'x' is int64 in the recipe, float32", id="input-dtype"),
+    pytest.param([{"name": "x", "dtype": "float32", "shape": ["batch", 4]}], [],
+                 r"model.inputs 'x' has shape \['batch', 4\]", id="input-shape"),
+    pytest.param(AFFINE, ["z"], r"model.outputs are \['z'\].*\['y'\]", id="output-name"),
+])
+def test_onnx_signature_must_match_the_recipe(context_factory: Any, tmp_path: Path,
+                                              inputs: list[dict[str, Any]], outputs: list[str],
+                                              message: str) -> None:
+    save_onnx_affine(tmp_path / "affine.onnx")
+    ctx = context_factory(config("onnx", inputs, path=str(tmp_path / "affine.onnx"),
+                                 outputs=outputs))
+    with pytest.raises(RecipeError, match=message):
+        export(ctx)
+
+
+def test_onnx_external_data_outside_its_folder_is_refused(context_factory: Any,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / "secret.bin").write_bytes(np.eye(3, 2, dtype=np.float32).tobytes())
+    save_onnx_affine(tmp_path / "model" / "affine.onnx", location="../secret.bin")
+    ctx = context_factory(config("onnx", AFFINE, path=str(tmp_path / "model" / "affine.onnx")))
+    with pytest.raises(InputError, match=r"\.\./secret\.bin.*outside the model's folder"):
+        export(ctx)
+
+
+def test_pickled_checkpoint_is_refused(context_factory: Any, tmp_path: Path) -> None:
+    import torch
+
+    from recipes.zoo.digits import digits_cnn
+
+    torch.save(digits_cnn(), tmp_path / "whole_module.pt")  # pickles the class: unsafe to load
+    ctx = context_factory(config("torch", DIGITS_NCHW, factory="recipes.zoo.digits:digits_cnn",
+                                 checkpoint=str(tmp_path / "whole_module.pt")))
+    with pytest.raises(InputError, match=r"weights_only=True.*Unsupported global: GLOBAL torch.nn"):
+        export(ctx)
+
+
+def test_inputs_must_fit_forward(context_factory: Any) -> None:
+    inputs = [*DIGITS_NCHW, {"name": "extra", "dtype": "float32", "shape": [1]}]
+    ctx = context_factory(config("torch", inputs, factory="recipes.zoo.digits:digits_cnn"))
+    with pytest.raises(RecipeError, match=r"model.inputs \['pixels', 'extra'\] do not fit"):
+        export(ctx)
+
+
+def test_safetensors_checkpoint_loads_strictly(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from recipes.zoo.digits import digits_cnn
+
+    trained = digits_cnn()
+    trained.load_state_dict(torch.load(ZOO / "digits_cnn.pt", weights_only=True))
+    save_file(trained.state_dict(), tmp_path / "digits.safetensors")
+    fresh = digits_cnn()
+    load_checkpoint(fresh, tmp_path / "digits.safetensors")
+    assert torch.equal(fresh[0].weight, trained[0].weight)
+    save_file({"weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(InputError, match=r"(?s)does not fit the module.*Missing key"):
+        load_checkpoint(digits_cnn(), tmp_path / "other.safetensors")
+
+
+def test_unknown_factory_names_the_key(context_factory: Any) -> None:
+    ctx = context_factory(config("torch", DIGITS_NCHW, factory="recipes.zoo.digits:no_such"))
+    with pytest.raises(RecipeError, match=r"model.factory 'recipes.zoo.digits:no_such'"):
+        export(ctx)
+
+
+def test_parity_failure_says_by_how_much(context_factory: Any) -> None:
+    inputs = [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}]
+    ctx = context_factory(config("torch", inputs, factory="export_models:drifting"))
+    with pytest.raises(StageError, match=r"output '.+' .* differs .* by up to [1-9]"):
+        export(ctx)

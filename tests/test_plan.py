@@ -1,0 +1,64 @@
+"""Recipes compose, check and expand into the stage graph before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pipeline import plan
+from pipeline.cli import BUNDLED_RECIPES, register_primary_config
+from pipeline.errors import RecipeError
+
+
+def compose_recipe(name: str, *overrides: str):
+    register_primary_config()
+    with initialize_config_dir(config_dir=str(BUNDLED_RECIPES), version_base="1.3"):
+        return compose(config_name="edgekiln", overrides=[f"recipe={name}", *overrides])
+
+
+def test_shared_work_runs_once_and_targets_fan_out() -> None:
+    the_plan = plan.build(compose_recipe("resnet_jetson"))
+    assert list(the_plan.nodes) == [
+        "export", "optimize",
+        "quantize@jetson_orin", "quantize@cpu",
+        "validate@jetson_orin", "validate@cpu",
+        "package@jetson_orin", "package@cpu",
+    ]
+    assert the_plan.nodes["validate@cpu"].upstream == {"model": "quantize@cpu",
+                                                       "reference": "optimize"}
+
+
+def test_target_quantize_overrides_apply_to_that_target_only() -> None:
+    nodes = plan.build(compose_recipe("resnet_jetson")).nodes
+    jetson = nodes["quantize@jetson_orin"].config["quantize"]
+    cpu = nodes["quantize@cpu"].config["quantize"]
+    assert jetson["activation_type"] == "int8"
+    assert jetson["activation_symmetric"] is True
+    assert cpu["activation_type"] == "uint8"
+    assert "target" not in nodes["quantize@cpu"].config  # so equal settings share a cache key
+
+
+def test_stage_config_holds_only_what_it_reads() -> None:
+    nodes = plan.build(compose_recipe("digits_torch")).nodes
+    assert set(nodes["export"].config) == {"model", "export"}
+    assert set(nodes["validate@cpu"].config) == {"validate", "dataset", "model", "target"}
+    assert set(nodes["validate@cpu"].config["model"]) == {"inputs"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    pytest.param(["run.force=[quantise]"], "run.force: unknown stage 'quantise'. "
+                 "Did you mean 'quantize'?", id="force-typo"),
+    pytest.param(["run.targets=[cpux]"], "run.targets: unknown target 'cpux'. "
+                 "Did you mean 'cpu'?", id="target-typo"),
+    pytest.param(["model.checkpoint=recipes/zoo/nope.pt"], "model.checkpoint: "
+                 "'recipes/zoo/nope.pt' does not exist", id="missing-file"),
+    pytest.param(["targets.cpu.execution_providers.0.name=CPUExecutionProvidr"],
+                 "targets.cpu.execution_providers.0.name: unknown execution provider "
+                 "'CPUExecutionProvidr'. Did you mean 'CPUExecutionProvider'?", id="ep-typo"),
+    pytest.param(["+targets.cpu.quantize.modee=static"], "targets.cpu.quantize.modee",
+                 id="target-override-typo"),
+    pytest.param(["~targets.cpu"], "lists no targets", id="no-targets"),
+])
+def test_bad_recipes_fail_before_running(overrides: list[str], message: str) -> None:
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        plan.build(compose_recipe("digits_torch", *overrides))
