@@ -56,7 +56,8 @@ def _manifest(plan: Plan, results: dict[str, NodeResult], target: str,
         "target": target,
         "target_config": plan.resolved["targets"][target],
         "execution_providers": plan.resolved["targets"][target]["execution_providers"],
-        "signature": package.entry.meta["summary"].get("signature", {}),  # type: ignore[union-attr]
+        "signature": {k: package.entry.meta["summary"][k]  # type: ignore[union-attr]
+                      for k in ("inputs", "outputs", "opset", "ir_version")},
         "onnxruntime_version": tool_version("onnxruntime"),
         "source_model_digest": export_meta["payload"]["sources"],
         "stages": {name: {"key": results[name].key,

@@ -51,6 +51,8 @@ def register_primary_config() -> None:
             "sweep": {"dir": "${run.artifacts_dir}/_multirun/${now:%Y%m%d-%H%M%S}",
                       "subdir": "${hydra.job.num}-${hydra:runtime.choices.recipe}"},
             "job": {"chdir": False},
+            # exporters log every pass at INFO; the live display already says what runs
+            "job_logging": {"root": {"level": "WARNING"}},
         },
     })
 

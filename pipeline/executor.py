@@ -49,8 +49,12 @@ def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, Node
         running: dict[Future[NodeResult], str] = {}
         while pending or running:
             failed = any(r.status == "failed" for r in runner.results.values())
-            for name in [] if failed else _ready(pending, runner.results, jobs - len(running)):
-                node = pending.pop(name)
+            for name in [] if failed else _ready(pending, runner.results):
+                node = pending[name]
+                busy = [plan.nodes[n] for n in running.values()]
+                if len(busy) >= jobs or _must_wait(node, busy):
+                    break
+                del pending[name]
                 display.started(node)
                 running[pool.submit(runner.run_node, node)] = name
             if not running:
@@ -66,10 +70,14 @@ def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, Node
     return {name: runner.results[name] for name in plan.nodes}
 
 
-def _ready(pending: dict[str, Node], results: dict[str, NodeResult], slots: int) -> list[str]:
-    ready = [name for name, node in pending.items()
-             if all(up in results for up in node.upstream.values())]
-    return ready[:max(0, slots)]
+def _must_wait(node: Node, running: list[Node]) -> bool:
+    """An exclusive stage starts on an idle executor, and nothing starts beside one."""
+    return bool(running) and (node.spec.exclusive or any(n.spec.exclusive for n in running))
+
+
+def _ready(pending: dict[str, Node], results: dict[str, NodeResult]) -> list[str]:
+    return [name for name, node in pending.items()
+            if all(up in results for up in node.upstream.values())]
 
 
 @dataclass

@@ -121,7 +121,8 @@ def _target_view(cfg: DictConfig, resolved: dict[str, Any], target: str) -> dict
         inner = str(exc.full_key).removeprefix("quantize").lstrip(".")
         key = f"targets.{target}.quantize.{inner}".rstrip(".")
         raise RecipeError(f"{key}: {_first_line(exc)}") from None
-    return {**resolved, "target": resolved["targets"][target],
+    # the name is part of the target section: stages that read it may write it into outputs
+    return {**resolved, "target": {**resolved["targets"][target], "name": target},
             "quantize": OmegaConf.to_container(quantize, enum_to_str=True)}
 
 

@@ -52,6 +52,8 @@ class StageSpec:
     tools: tuple[str, ...] = ()
     # recipe keys naming files or directories whose content enters the cache key
     sources: tuple[str, ...] = ()
+    # runs alone, with no other stage beside it: latency measured next to a busy core lies
+    exclusive: bool = False
 
 
 REGISTRY: dict[str, StageSpec] = {}

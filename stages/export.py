@@ -44,7 +44,7 @@ NEEDS = {"torch": (("torch", "onnxscript"), "torch"),
 
 @stage("export", inputs={}, reads=("model", "export"),
        tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx"),
-       sources=("model.checkpoint", "model.path"))
+       sources=("model.checkpoint", "model.path", "model.factory"))
 def export(ctx: StageContext) -> dict[str, Any]:
     """Export the recipe's model to ONNX in ``ctx.out`` and check it against the source."""
     import onnx

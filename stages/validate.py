@@ -29,7 +29,8 @@ GATES = {
 }
 @stage("validate", inputs={"model": "quantize", "reference": "optimize"},
        reads=("validate", "dataset", "model.inputs", "target"), per_target=True,
-       tools=("onnxruntime", "numpy", "scikit-learn"), sources=("dataset.path",))
+       tools=("onnxruntime", "numpy", "scikit-learn"), sources=("dataset.path",),
+       exclusive=True)
 def validate(ctx: StageContext) -> dict[str, Any]:
     """Measure agreement, accuracy, latency and size of the candidate; raise if a gate fails."""
     from stages.support import metrics

@@ -91,7 +91,8 @@ def test_static_qdq_stays_close_to_fp32_on_digits(cnn: Path, tmp_path: Path,
     assert summary["quant_ops"]["DequantizeLinear"] > 0
     assert summary["calibration_samples"] == 64
     assert summary["calibration_seconds"] >= 0
-    assert json.loads((tmp_path / "int8" / "quantize.json").read_text()) == summary
+    written = json.loads((tmp_path / "int8" / "quantize.json").read_text())
+    assert written == {k: v for k, v in summary.items() if k != "calibration_seconds"}
     images, labels = evaluation
     fp32, int8 = _run(cnn, images), _run(tmp_path / "int8", images)
     assert np.mean(fp32.argmax(1) == int8.argmax(1)) >= 0.97
