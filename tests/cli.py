@@ -38,8 +38,8 @@ class Result:
         return [m for m in line.removeprefix("IMPORTED=").split(",") if m]
 
 
-def run_cli(*args: str, timeout: float = 600) -> Result:
-    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=ROOT, capture_output=True,
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 600) -> Result:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, check=False)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -1,0 +1,121 @@
+"""Where recipes come from (bundled, ./recipes, --config-dir), multirun, and bad inputs."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.cli import run_cli, run_record, statuses
+
+pytestmark = pytest.mark.slow
+
+TEAM_RECIPE = """\
+# @package _global_
+defaults:
+  - /dataset: digits
+  - /quantize: int8_static
+  - /target@targets.cpu: x86_cpu
+  - _self_
+name: team_linear
+model:
+  name: linear
+  framework: onnx
+  path: {model}
+  inputs:
+    - name: pixels
+      shape: [batch, 1, 8, 8]
+validate:
+  samples: 64
+"""
+
+
+def _linear_digits_model(path: Path) -> Path:
+    """A real (untrained) linear classifier over 8x8 digit images, as an ONNX file."""
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.normal(size=(64, 10)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(np.zeros(10, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["pixels"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["mm"]),
+         helper.make_node("Add", ["mm", "b"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[weights, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return path
+
+
+def _team_dir(tmp_path: Path) -> Path:
+    model = _linear_digits_model(tmp_path / "linear.onnx")
+    recipe_dir = tmp_path / "team" / "recipes" / "recipe"
+    recipe_dir.mkdir(parents=True)
+    (recipe_dir / "team_linear.yaml").write_text(TEAM_RECIPE.format(model=model))
+    return tmp_path / "team" / "recipes"
+
+
+def test_config_dir_recipe_builds_with_bundled_groups(tmp_path: Path) -> None:
+    config_dir = _team_dir(tmp_path)
+    artifacts = tmp_path / "artifacts"
+    result = run_cli("recipe=team_linear", f"run.artifacts_dir={artifacts}",
+                     "--config-dir", str(config_dir))
+    assert result.code == 0, result.stderr
+    record = run_record(artifacts, "team_linear")
+    assert record["ok"] is True
+    assert (artifacts / "team_linear" / "cpu" / "model.onnx").is_file()
+
+
+def test_recipes_folder_in_the_working_directory_is_found(tmp_path: Path) -> None:
+    config_dir = _team_dir(tmp_path)
+    result = run_cli("--list-recipes", cwd=config_dir.parent)
+    assert result.code == 0, result.stderr
+    assert {"team_linear", "digits_torch", "resnet_jetson"} <= set(result.stdout.split())
+    dry = run_cli("recipe=team_linear", "run.dry_run=true",
+                  f"run.artifacts_dir={tmp_path / 'a'}", cwd=config_dir.parent)
+    assert dry.code == 0, dry.stderr
+    assert "package" in dry.stderr
+
+
+def test_multirun_builds_both_digits_recipes(tmp_path: Path) -> None:
+    result = run_cli("-m", "recipe=digits_torch,digits_keras", f"run.artifacts_dir={tmp_path}")
+    assert result.code == 0, result.stderr
+    for recipe in ("digits_torch", "digits_keras"):
+        record = run_record(tmp_path, recipe)
+        assert record["ok"] is True
+        assert set(statuses(record).values()) <= {"ran", "cached"}
+        assert record["bundles"]["cpu"].endswith(f"{recipe}/cpu")
+    assert not (Path(__file__).parent.parent / "multirun").exists()
+
+
+def test_pickled_checkpoint_is_refused_with_exit_3(tmp_path: Path) -> None:
+    import torch
+
+    checkpoint = tmp_path / "whole_module.pt"
+    torch.save(torch.nn.Linear(2, 2), checkpoint)  # a pickled module, not a state dict
+    result = run_cli("recipe=digits_torch", f"run.artifacts_dir={tmp_path / 'a'}",
+                     f"model.checkpoint={checkpoint}")
+    assert result.code == 3, result.stderr
+    assert "weights_only" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert run_record(tmp_path / "a", "digits_torch")["ok"] is False
+
+
+def test_missing_file_is_a_recipe_error_naming_the_key(tmp_path: Path) -> None:
+    result = run_cli("recipe=digits_keras", "model.path=recipes/zoo/missing.keras",
+                     f"run.artifacts_dir={tmp_path}")
+    assert result.code == 2
+    assert "model.path: 'recipes/zoo/missing.keras' does not exist" in result.stderr
+
+
+def test_readme_documents_every_bundled_recipe() -> None:
+    listed = run_cli("--list-recipes").stdout.split()
+    assert listed == ["digits_keras", "digits_torch", "resnet_jetson"]
+    assert textwrap.dedent("python -m pipeline recipe=resnet_jetson") in (
+        Path(__file__).parent.parent / "README.md").read_text()
