@@ -36,6 +36,7 @@ def publish(plan: Plan, results: dict[str, NodeResult], recipe_dir: Path,
     recipe_dir.mkdir(parents=True, exist_ok=True)
     published = {}
     with FileLock(recipe_dir / ".publish.lock"):
+        _recover(recipe_dir)
         for target in plan.targets:
             chain = [name for name, node in plan.nodes.items() if node.target in (None, target)]
             if all(results[name].status in ("ran", "cached") for name in chain):
@@ -43,6 +44,18 @@ def publish(plan: Plan, results: dict[str, NodeResult], recipe_dir: Path,
                 package = results[node_name("package", target)]
                 published[target] = _write_bundle(recipe_dir, target, package, manifest, state)
     return published
+
+
+def _recover(recipe_dir: Path) -> None:
+    """Undo what a run killed mid-publish left: put a retired bundle back if none replaced it."""
+    for staging in recipe_dir.glob(".*.staging.*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for retired in recipe_dir.glob(".*.retired.*"):
+        final = recipe_dir / retired.name[1:].rsplit(".retired.", 1)[0]
+        if final.exists():
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(retired, final)
 
 
 def _manifest(plan: Plan, results: dict[str, NodeResult], target: str,

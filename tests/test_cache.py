@@ -97,3 +97,4 @@ def test_two_processes_build_a_key_once(tmp_path: Path) -> None:
     assert log.read_text() == "built\n"
     meta = json.loads((Cache(tmp_path / "c").lookup(KEY).path / "meta.json").read_text())  # type: ignore[union-attr]
     assert meta["key"] == KEY
+

@@ -145,3 +145,27 @@ def test_concurrent_runs_share_work_without_duplicating_it(tmp_path: Path) -> No
     runs = [statuses(run_record(tmp_path / name, "digits_torch")) for name in ("a", "b")]
     for node in NODES:
         assert sorted(run[node] for run in runs) == ["cached", "ran"], node
+
+
+def test_a_killed_run_leaves_nothing_a_later_run_trusts(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli import _PROBE, ROOT
+
+    cmd = [sys.executable, "-c", _PROBE, "recipe=digits_torch", f"run.artifacts_dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = tmp_path / ".cache" / "tmp"
+    deadline = time.monotonic() + 120
+    while not (staging.exists() and any(staging.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # in the middle of building a stage
+    proc.wait()
+    assert any(staging.iterdir()), "the run should have been killed while staging"
+    assert not (tmp_path / "digits_torch" / "cpu").exists()
+    result = run_cli("recipe=digits_torch", f"run.artifacts_dir={tmp_path}")
+    assert result.code == 0, result.stderr
+    assert run_record(tmp_path, "digits_torch")["ok"] is True
+    assert not any(staging.iterdir())
