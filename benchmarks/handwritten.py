@@ -219,7 +219,7 @@ def build(name: str, out: Path) -> dict[str, float]:
     lap("export")
     optimize(exported, optimized)
     lap("optimize")
-    inputs = [{"name": recipe["input"], "shape": ["batch", *recipe["shape"]]}]
+    inputs = [{"name": recipe["input"], "dtype": "float32", "shape": ["batch", *recipe["shape"]]}]
     data = load_dataset(OmegaConf.create(recipe["dataset"]), OmegaConf.create(inputs))
     quantize(optimized, quantized, data.calibration.feeds[:CALIBRATION_SAMPLES])
     lap("quantize")

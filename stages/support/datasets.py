@@ -35,24 +35,35 @@ class Dataset:
 def load_dataset(dataset: Any, inputs: Any) -> Dataset:
     """Build the splits for ``dataset`` (recipe section) shaped for model ``inputs``."""
     if dataset.kind == "digits":
-        arrays, labels = _digits(dataset)
-        arrays = {inputs[0].name: arrays}
-    elif dataset.kind == "npz":
-        arrays, labels = _npz(Path(dataset.path))
+        images, labels = _digits()
+        parts = _split_indices(len(images), dataset)
+        used = np.concatenate(parts)
+        # shape only the samples the splits use: 1797 images at 224x224x3 would be 1 GB
+        arrays = {inputs[0].name: _shape_images(images[used], dataset)}
+        labels = labels[used]
+        parts = (np.arange(len(parts[0])), np.arange(len(parts[0]), len(used)))
     else:
-        log.warning("dataset.kind=synthetic: random inputs are not representative of real data; "
-                    "calibration and accuracy figures mean little")
-        arrays, labels = _synthetic(dataset, inputs), None
+        if dataset.kind == "npz":
+            arrays, labels = _npz(Path(dataset.path))
+        else:
+            log.warning("dataset.kind=synthetic: random inputs are not representative of real "
+                        "data; calibration and accuracy figures mean little")
+            arrays, labels = _synthetic(dataset, inputs), None
+        parts = _split_indices(len(next(iter(arrays.values()))), dataset)
     _check_arrays(arrays, inputs, dataset)
-    return _split(arrays, labels if dataset.get("use_labels", True) else None, dataset)
+    return _take(arrays, labels if dataset.get("use_labels", True) else None, parts)
 
 
-def _digits(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.ndimage import zoom
+def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0  # pixel values are 0..16
+    return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)  # 0..16
+
+
+def _shape_images(images: np.ndarray, dataset: Any) -> np.ndarray:
+    from scipy.ndimage import zoom
+
     if dataset.image_size != images.shape[1]:
         factor = dataset.image_size / images.shape[1]
         images = zoom(images, (1, factor, factor), order=1).astype(np.float32)
@@ -60,7 +71,7 @@ def _digits(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     images = np.repeat(images[:, None], dataset.channels, axis=1)  # NCHW
     if dataset.layout == "nhwc":
         images = images.transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), digits.target.astype(np.int64)
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def _npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -101,14 +112,17 @@ def _check_arrays(arrays: dict[str, np.ndarray], inputs: Any, dataset: Any) -> N
                              f"{expected}, sample 0 has shape {actual}.")
 
 
-def _split(arrays: dict[str, np.ndarray], labels: np.ndarray | None, dataset: Any) -> Dataset:
-    count = len(next(iter(arrays.values())))
+def _split_indices(count: int, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (calibration, evaluation) sample indices from a seeded permutation."""
     order = np.random.default_rng(dataset.seed).permutation(count)
     n_cal = min(dataset.calibration_size, count // 2)
-    parts = (order[:n_cal], order[n_cal:n_cal + dataset.evaluation_size])
+    return order[:n_cal], order[n_cal:n_cal + dataset.evaluation_size]
 
-    def take(indices: np.ndarray) -> Split:
+
+def _take(arrays: dict[str, np.ndarray], labels: np.ndarray | None,
+          parts: tuple[np.ndarray, np.ndarray]) -> Dataset:
+    def split(indices: np.ndarray) -> Split:
         feeds = [{name: a[i:i + 1] for name, a in arrays.items()} for i in indices]
         return Split(feeds, None if labels is None else labels[indices])
 
-    return Dataset(calibration=take(parts[0]), evaluation=take(parts[1]))
+    return Dataset(calibration=split(parts[0]), evaluation=split(parts[1]))
