@@ -111,6 +111,7 @@ class QuantMode(Enum):
     dynamic = "dynamic"
     static = "static"
     fp16 = "fp16"
+    qat = "qat"
 
 
 class QuantFormat(Enum):
@@ -121,6 +122,8 @@ class QuantFormat(Enum):
 class QuantType(Enum):
     uint8 = "uint8"
     int8 = "int8"
+    uint16 = "uint16"
+    int16 = "int16"
 
 
 class CalibrationMethod(Enum):
@@ -185,10 +188,36 @@ class Precision(Enum):
 
 
 @dataclass
+class RuntimeSpec:
+    """The onnxruntime the device runs: a PyPI distribution and a PEP 440 version range."""
+
+    distribution: str = "onnxruntime"
+    version: str = ""  # e.g. ">=1.18,<1.25"; empty = any
+
+
+class ModelFormat(Enum):
+    onnx = "onnx"
+    ort = "ort"  # onnxruntime's flatbuffer format, what the mobile packages load
+
+
+@dataclass
+class ModelRequirements:
+    """What model the target can load; checked when packaging."""
+
+    format: ModelFormat = ModelFormat.onnx
+    min_opset: int = 7
+    max_opset: int = 99
+    max_ir_version: int = 99
+    static_shapes: bool = False
+
+
+@dataclass
 class TargetConfig:
     description: str = ""
     device: str = ""
     precision: Precision = Precision.fp32
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
+    requires: ModelRequirements = field(default_factory=ModelRequirements)
     # in priority order; CPUExecutionProvider is the usual last resort
     execution_providers: list[ExecutionProvider] = MISSING
     # keys of the recipe's `quantize` section this target needs changed (fp16 for a GPU)
