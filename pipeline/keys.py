@@ -8,12 +8,15 @@ from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.errors import RecipeError
 from pipeline.hashing import DigestState, digest_json
 
 if TYPE_CHECKING:
     from pipeline.plan import Node
 
 KEY_SCHEMA = 1  # bump when the layout of the payload below changes
+# dataset kinds whose samples ship inside a package: (package, data file inside it)
+BUNDLED_DATA = {"digits": ("sklearn", "datasets/data/digits.csv.gz")}
 
 
 def key_payload(node: Node, input_digests: dict[str, str], state: DigestState) -> dict[str, Any]:
@@ -39,7 +42,25 @@ def source_digest(key: str, value: str, state: DigestState) -> str:
     if key.endswith("factory"):
         module_file = _module_file(value.split(":", maxsplit=1)[0])
         return state.file(module_file) if module_file else f"unlocated:{value}"
-    return state.path_digest(Path(value))
+    if key == "dataset.kind":
+        return _bundled_data_digest(value, state)
+    path = Path(value)
+    if not path.exists():
+        raise RecipeError(f"{key}: '{value}' does not exist (paths are relative to "
+                          f"{Path.cwd()}).")
+    return state.path_digest(path)
+
+
+def _bundled_data_digest(kind: str, state: DigestState) -> str:
+    """Digest of the data file a built-in dataset kind reads, or the kind for the others."""
+    if kind not in BUNDLED_DATA:
+        return kind
+    package, relative = BUNDLED_DATA[kind]
+    spec = PathFinder.find_spec(package)  # locating sklearn, not importing it (0.5 s)
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / relative).is_file():
+            return state.file(Path(root) / relative)
+    return f"unlocated:{package}/{relative}"
 
 
 @functools.cache
