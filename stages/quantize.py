@@ -1,7 +1,14 @@
-"""Stage ``quantize``: per-target precision reduction (dynamic/static INT8 or FP16).
+"""Stage ``quantize``: per-target precision reduction (dynamic/static INT8, A16W8, FP16).
 
 Static quantization calibrates activation ranges on the recipe's dataset; the samples come in
-a fixed order from a seeded split, so the same recipe yields the same model bytes.
+a fixed order from a seeded split, so the same recipe yields the same model bytes. With
+``quantize.accuracy_budget`` the quantized model is scored on the evaluation split and, when
+over budget, its most sensitive nodes stay in float until it is within (or the stage fails
+with exit 4); ``quantize.search.candidates`` adds configurations to try, the fastest one within
+budget winning.
+
+The stage runs alone (``exclusive``): with a budget or a search it times models, and a
+latency measured beside another busy stage lies.
 """
 
 from __future__ import annotations
@@ -9,174 +16,173 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError
+from pipeline.schema import DATASET_SOURCES
 from stages.base import stage
 from stages.optimize import model_stats
 from stages.support import onnx_files
 
 if TYPE_CHECKING:
     from stages.base import StageContext
-    from stages.support.datasets import Feed
+    from stages.support.datasets import Dataset
+    from stages.support.ptq import Quantizer
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
-TYPES = {"uint8": "QUInt8", "int8": "QInt8"}
-METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile",
-           "distribution": "Distribution"}
+# summary keys that vary from run to run; they stay out of the stage's files
+TIMINGS = ("calibration_seconds", "latency_ms", "train_seconds")
 
 
-@stage("quantize", inputs={"model": "optimize"}, reads=("quantize", "dataset", "model.inputs"),
-       per_target=True, tools=("onnx", "onnxruntime", "scikit-learn", "numpy"),
-       sources=("dataset.path",))
+@dataclass
+class Outcome:
+    directory: Path  # the model to ship
+    settings: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)  # extra summary keys
+    report: dict[str, Any] | None = None  # quantize_report.json, when a budget is set
+    rows: list[dict[str, Any]] = field(default_factory=list)  # search table, when searched
+
+
+def _times_models(config: dict[str, Any]) -> bool:
+    """Budgets and searches time candidate models, which needs the machine to itself."""
+    quantize = config["quantize"]
+    budget = quantize["accuracy_budget"]
+    return bool(quantize["search"]["candidates"]) or any(
+        budget[key] is not None for key in ("max_accuracy_drop", "min_agreement"))
+
+
+# QAT rebuilds the torch model from the model section and its checkpoint, so those are read
+@stage("quantize", inputs={"model": "optimize"},
+       reads=("quantize", "dataset", "model", "export.opset"), per_target=True, version=3,
+       exclusive=_times_models,
+       sources=(*DATASET_SOURCES, "model.checkpoint", "model.factory"),
+       tools=("onnx", "onnxruntime", "scikit-learn", "numpy", "matplotlib", "torch", "torchao",
+              "onnxscript"))
 def quantize(ctx: StageContext) -> dict[str, Any]:
     """Quantize the model of ``ctx.inputs["model"]`` at ``quantize.mode``.
 
     Returns:
-        Mode and settings, sizes and node counts before/after, quantization op counts and,
-        for static mode, the calibration sample count and seconds.
+        The settings used, sizes and node counts before/after, quantization op counts, the
+        calibration sample count and, with a budget, scores, float nodes and CPU latencies.
     """
     cfg = ctx.config.quantize
-    source = ctx.inputs["model"]
-    settings = _settings(cfg)
-    calibration: dict[str, Any] = {}
-    if cfg.mode == "none":
-        onnx_files.copy_model(source, ctx.out)
-    elif cfg.mode == "fp16":
-        _to_fp16(source, ctx.out)
-    elif cfg.mode == "dynamic":
-        _run_ort(source, ctx.out, settings, None)
-    else:
-        feeds = _calibration_feeds(ctx)  # first, so a bad dataset fails before slow work
-        ctx.report(f"calibrating on {len(feeds)} samples ({cfg.calibration.method})")
-        seconds = _run_ort(source, ctx.out, settings, feeds)
-        calibration = {"calibration_samples": len(feeds), "calibration_seconds": round(seconds, 3)}
-    summary = {"mode": cfg.mode, **settings, **calibration, **_compare(source, ctx.out)}
-    # timings stay out of the file: the output's bytes, and so its digest, must not vary by run
-    written = {k: v for k, v in summary.items() if k != "calibration_seconds"}
-    (ctx.out / "quantize.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+    if cfg.mode == "qat":
+        from stages.support.qat import quantize_aware
+
+        summary = quantize_aware(ctx.config, ctx.inputs["model"], ctx.out, ctx.report)
+        _write_summary(ctx.out, {**summary, **_compare(ctx.inputs["model"], ctx.out)})
+        return summary
+    with tempfile.TemporaryDirectory(prefix="edgekiln-quantize-") as tmp:
+        outcome = _ptq(ctx, Path(tmp))
+        onnx_files.copy_model(outcome.directory, ctx.out)
+    summary = {**outcome.settings, **outcome.summary, **_compare(ctx.inputs["model"], ctx.out)}
+    _write_summary(ctx.out, summary)
+    if outcome.report is not None:
+        (ctx.out / "quantize_report.json").write_text(
+            json.dumps(outcome.report, indent=2, sort_keys=True) + "\n")
+    if outcome.rows:
+        from stages.support import search
+
+        search.write(ctx.out, outcome.rows, cfg.accuracy_budget)
     return summary
 
 
-def _settings(cfg: Any) -> dict[str, Any]:
-    """The knobs that shaped the output for this mode, checked against what ORT supports."""
-    if cfg.mode in ("none", "fp16"):
-        return {}
-    if cfg.mode == "dynamic":
-        # activations are always uint8 here: DynamicQuantizeLinear only produces uint8
-        return {"weight_type": cfg.weight_type, "per_channel": bool(cfg.per_channel),
-                "reduce_range": bool(cfg.reduce_range)}
-    if cfg.activation_type == "int8" and cfg.weight_type == "uint8":
-        raise RecipeError("quantize: activation_type=int8 with weight_type=uint8 has no ONNX "
-                          "Runtime kernels; use uint8/int8 (fastest on x86 VNNI), int8/int8 "
-                          "or uint8/uint8.")
-    if cfg.calibration.method == "distribution":
-        log.warning("quantize.calibration.method=distribution is meant for float8 types; "
-                    "with int8 it gave 100x the error of minmax on a small CNN")
-    return {"format": cfg.format, "activation_type": cfg.activation_type,
-            "weight_type": cfg.weight_type, "per_channel": bool(cfg.per_channel),
-            "reduce_range": bool(cfg.reduce_range), "calibration_method": cfg.calibration.method,
-            "activation_symmetric": bool(cfg.activation_symmetric),
-            "weight_symmetric": bool(cfg.weight_symmetric)}
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    # timings stay out of the file: the output's bytes, and so its digest, must not vary by run
+    written = {k: v for k, v in summary.items() if k not in TIMINGS}
+    (out / "quantize.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
 
 
-def _calibration_feeds(ctx: StageContext) -> list[Feed]:
-    """The first ``calibration.samples`` feeds of the dataset's calibration split."""
+def _ptq(ctx: StageContext, work: Path) -> Outcome:
+    from stages.support import budget, search
+    from stages.support.ptq import Quantizer
+
+    cfg = ctx.config.quantize
+    variants = search.variants(cfg)  # every candidate checked before anything slow runs
+    aware = budget.is_set(cfg.accuracy_budget)
+    budget.check(cfg.accuracy_budget)
+    if len(variants) > 1 and not aware:
+        raise RecipeError("quantize.search.candidates: a search picks the fastest candidate "
+                          "within quantize.accuracy_budget; set max_accuracy_drop or "
+                          "min_agreement.")
+    static = any(s["mode"] == "static" for _, s, _ in variants)
+    data = _dataset(ctx) if static or aware else None
+    feeds = data.calibration.feeds if data else []
+    if static and not feeds:
+        raise RecipeError("quantize: static mode needs calibration samples; the dataset's "
+                          "calibration split is empty.")
+    quantizer = Quantizer(ctx.inputs["model"], feeds, work)
+    variants = [(name, quantizer.resolve(_clamped(s, len(feeds), key), key), key)
+                for name, s, key in variants]
+    if not aware:
+        settings = variants[0][1]
+        if settings["mode"] == "static":
+            ctx.report(f"calibrating on {settings['calibration_samples']} samples "
+                       f"({settings['calibration_method']})")
+        seconds = quantizer.build(settings, work / "model")
+        timing = {"calibration_seconds": round(seconds, 3)} if settings["mode"] == "static" else {}
+        return Outcome(work / "model", settings, timing)
+    return _aware(ctx, quantizer, variants, data)
+
+
+def _aware(ctx: StageContext, quantizer: Quantizer, variants: list[tuple[str, dict, str]],
+           data: Dataset) -> Outcome:
+    from stages.support import budget, search
+
+    limits = ctx.config.quantize.accuracy_budget
+    held = budget.heldout(data.evaluation, ctx.inputs["model"], limits, ctx.config.dataset.kind)
+    report: dict[str, Any] = {"budget": budget.limits(limits),
+                              "evaluation_samples": len(held.feeds)}
+    if len(variants) > 1:
+        ctx.report(f"searching {len(variants)} configurations")
+        found = search.run(quantizer, variants, held, limits, data.calibration.feeds)
+        winner, first, rows, latency = found.winner, found.quantized, found.rows, found.latency
+        # which candidate won depends on timing; the table with it is in search.json
+        report |= {"candidates": [r["name"] for r in rows[1:]], **found.repaired}
+    else:
+        name, settings, _ = variants[0]
+        ctx.report(f"quantizing and scoring on {len(held.feeds)} held-out samples")
+        first = winner = budget.evaluate(quantizer, name, settings, held, limits)
+        if not first.within:
+            ctx.report("over budget: ranking node sensitivity")
+            winner, repaired = budget.repair(quantizer, first, held, limits,
+                                             data.calibration.feeds)
+            report |= repaired
+        rows, latency = [], _latency(held, first, winner, limits)
+    report |= {"quantized": first.row(), "shipped": winner.row()}
+    summary = {"budget": budget.limits(limits), "scores": winner.scores,
+               "float_nodes": winner.float_nodes, "size_all_quantized": first.size,
+               "latency_ms": latency}
+    return Outcome(winner.directory, winner.settings, summary, report, rows)
+
+
+def _latency(held: Any, first: Any, winner: Any, limits: Any) -> dict[str, float]:
+    """p50 of FP32, the fully quantized model and the shipped one, and what float nodes cost."""
+    from stages.support import budget
+
+    models = [held.fp32, first.directory] + ([winner.directory] if winner is not first else [])
+    fp32, quantized, *shipped = budget.latency_p50(models, held.feeds[0], limits)
+    shipped = shipped[0] if shipped else quantized
+    return {"fp32_p50": fp32, "quantized_p50": quantized, "shipped_p50": shipped,
+            "float_nodes_cost": round(shipped - quantized, 4)}
+
+
+def _dataset(ctx: StageContext) -> Dataset:
     from stages.support.datasets import load_dataset
 
-    wanted = ctx.config.quantize.calibration.samples
-    feeds = load_dataset(ctx.config.dataset, ctx.config.model.inputs).calibration.feeds[:wanted]
-    if not feeds:
-        raise RecipeError("quantize: static mode needs calibration samples; the dataset's "
-                          "calibration split is empty or quantize.calibration.samples is 0.")
-    if len(feeds) < wanted:
-        log.warning("quantize: calibrating on %d samples, the dataset's calibration split "
-                    "holds no more (calibration.samples=%d)", len(feeds), wanted)
-    return feeds
+    return load_dataset(ctx.config.dataset, ctx.config.model.inputs)
 
 
-def _run_ort(source: Path, out: Path, settings: dict[str, Any], feeds: list[Feed] | None) -> float:
-    """Quantize with ORT into ``out``, static when ``feeds`` are given, else dynamic.
-
-    Returns:
-        Seconds ORT spent calibrating and quantizing.
-    """
-    import onnxruntime.quantization as ortq
-
-    common = {"per_channel": settings["per_channel"], "reduce_range": settings["reduce_range"],
-              "weight_type": getattr(ortq.QuantType, TYPES[settings["weight_type"]]),
-              "use_external_data_format": _is_large(source)}
-    with tempfile.TemporaryDirectory(prefix="edgekiln-quantize-") as tmp:
-        prepared = str(_pre_process(source, Path(tmp) / "prepared"))
-        target = Path(tmp) / onnx_files.MODEL_FILE
-        started = time.perf_counter()
-        if feeds is None:
-            ortq.quantize_dynamic(prepared, str(target), **common)
-        else:
-            ortq.quantize_static(
-                prepared, str(target), _reader(feeds),
-                quant_format=getattr(ortq.QuantFormat, FORMATS[settings["format"]]),
-                activation_type=getattr(ortq.QuantType, TYPES[settings["activation_type"]]),
-                calibrate_method=getattr(ortq.CalibrationMethod,
-                                         METHODS[settings["calibration_method"]]),
-                extra_options={"ActivationSymmetric": settings["activation_symmetric"],
-                               "WeightSymmetric": settings["weight_symmetric"]},
-                **common)
-        seconds = time.perf_counter() - started
-        # ORT names external data after its own file and keeps it even for a now-small model
-        onnx_files.save_model(onnx_files.load_model(target), out)
-    return seconds
-
-
-def _pre_process(source: Path, directory: Path) -> Path:
-    """ORT's quantization pre-processing: shape inference plus a basic-level ORT pass.
-
-    The quantizer leaves tensors of unknown shape in float; the pass fuses Conv+BN/Add/Mul. After
-    optimize (basic + shape inference) it changed nothing on resnet18 (+0.16 s), but it covers
-    optimize.level=none or shape_inference=false, and symbolic inference helps transformers.
-    """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    directory.mkdir()
-    target = onnx_files.model_file(directory)
-    contrib = sorted(op for op in model_stats(source)["ops"] if ":" in op)
-    if contrib:  # measured: resnet18 after level=extended keeps 9 FusedConv in float
-        log.warning("quantize: the quantizer leaves contrib ops %s in float; optimize.level="
-                    "basic keeps them plain, quantizable ops", ", ".join(contrib))
-    model, options = str(onnx_files.model_file(source)), {
-        "save_as_external_data": _is_large(source), "all_tensors_to_one_file": True,
-        "external_data_location": onnx_files.WEIGHTS_FILE}
-    try:  # symbolic shape inference gives up on contrib ops; ONNX's then runs alone
-        quant_pre_process(model, str(target), skip_symbolic_shape=bool(contrib), **options)
-    except Exception as error:  # it raises a bare Exception for any op it cannot follow
-        log.warning("quantize: symbolic shape inference failed (%s); using ONNX's alone", error)
-        quant_pre_process(model, str(target), skip_symbolic_shape=True, **options)
-    return target
-
-
-def _to_fp16(source: Path, out: Path) -> None:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx_files.load_model(onnx_files.model_file(source))
-    # float32 inputs and outputs keep the bundle's interface the same at every precision
-    onnx_files.save_model(convert_float_to_float16(model, keep_io_types=True), out)
-
-
-def _reader(feeds: list[Feed]) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class FeedReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._next = iter(feeds)
-
-        def get_next(self) -> Feed | None:
-            return next(self._next, None)
-
-    return FeedReader()
+def _clamped(settings: dict[str, Any], available: int, key: str) -> dict[str, Any]:
+    wanted = settings.get("calibration_samples")
+    if wanted is None or wanted <= available:
+        return settings
+    log.warning("%s: calibrating on %d samples, the dataset's calibration split holds no "
+                "more (calibration.samples=%d)", key, available, wanted)
+    return {**settings, "calibration_samples": available}
 
 
 def _compare(source: Path, out: Path) -> dict[str, Any]:
@@ -195,8 +201,3 @@ def _compare(source: Path, out: Path) -> dict[str, Any]:
             "size_ratio": round(after["size"] / before["size"], 4),
             "nodes_before": before["nodes"], "nodes_after": after["nodes"],
             "quant_ops": counts}
-
-
-def _is_large(directory: Path) -> bool:
-    return bool(onnx_files.external_data_files(onnx_files.model_file(directory)))
-

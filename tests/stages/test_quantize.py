@@ -12,8 +12,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import make_context
-from digits_models import DIGITS, INPUT, INPUTS, digits_models, export_torch
+from digits_models import INPUT, INPUTS, digits_models, export_torch
 from omegaconf import OmegaConf
+from zoo_digits import stage_config
 
 from pipeline.errors import InputError, RecipeError
 from stages.optimize import optimize
@@ -58,16 +59,13 @@ def big_mlp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def evaluation() -> tuple[np.ndarray, np.ndarray]:
     """The digits evaluation split as one batch, with its labels."""
-    split = load_dataset(OmegaConf.create(DIGITS), OmegaConf.create(INPUTS)).evaluation
+    config = OmegaConf.create(stage_config())
+    split = load_dataset(config.dataset, config.model.inputs).evaluation
     return np.concatenate([feed[INPUT] for feed in split.feeds]), split.labels
 
 
 def _config(inputs: list[dict[str, Any]] = INPUTS, **quantize: Any) -> dict[str, Any]:
-    settings = {"mode": "static", "format": "qdq", "per_channel": True,
-                "activation_type": "uint8", "weight_type": "int8", "reduce_range": False,
-                "activation_symmetric": False, "weight_symmetric": True,
-                "calibration": {"method": "minmax", "samples": 64}}
-    return {"quantize": settings | quantize, "dataset": DIGITS, "model": {"inputs": inputs}}
+    return stage_config(**quantize) | {"model": {"inputs": inputs}}
 
 
 def _quantize(source: Path, out: Path, **settings: Any) -> dict[str, Any]:
@@ -186,3 +184,131 @@ def test_none_copies_the_model(cnn: Path, tmp_path: Path) -> None:
     summary = _quantize(cnn, tmp_path / "out", mode="none")
     assert summary["size_ratio"] == 1.0
     assert model_file(tmp_path / "out").read_bytes() == model_file(cnn).read_bytes()
+
+
+# ---- every PTQ knob, seen in the graph it produces -------------------------------------------
+
+def _graph(directory: Path) -> onnx.GraphProto:
+    return onnx.load(str(model_file(directory))).graph
+
+
+def _quantized_inputs(graph: onnx.GraphProto) -> dict[str, bool]:
+    """Node name -> whether any of its inputs (weights included) comes out of a
+    DequantizeLinear; a node kept float reads its float weights straight from initializers."""
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {n.name: any(i in dequantized for i in n.input) for n in graph.node
+            if n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
+
+
+def _float_weights(graph: onnx.GraphProto) -> dict[str, bool]:
+    """Conv/Gemm node name -> whether it reads its weight as a float initializer."""
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    return {n.name: n.input[1] in floats for n in graph.node if n.op_type in ("Conv", "Gemm")}
+
+
+def _activation_quantizers(graph: onnx.GraphProto) -> dict[str, tuple[float, int]]:
+    """Activation tensor -> (scale, zero-point type) of the QuantizeLinear that quantizes it."""
+    weights = {t.name: t for t in graph.initializer}
+    return {n.input[0]: (float(onnx.numpy_helper.to_array(weights[n.input[1]])),
+                         weights[n.input[2]].data_type)
+            for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights}
+
+
+def _weights(graph: onnx.GraphProto) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Quantized weight -> (values, scale, zero point) of the DequantizeLinear reading it."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    return {n.input[0]: (inits[n.input[0]], inits[n.input[1]], inits[n.input[2]])
+            for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+            and n.input[0].endswith("weight_quantized")}
+
+
+def test_nodes_to_exclude_by_name_and_pattern_stay_float(cnn: Path, tmp_path: Path) -> None:
+    summary = _quantize(cnn, tmp_path / "name", nodes_to_exclude=["node_conv2d"])
+    assert summary["nodes_to_exclude"] == ["node_conv2d"]
+    assert _quantized_inputs(_graph(tmp_path / "name"))["node_conv2d"] is False
+    assert _float_weights(_graph(tmp_path / "name")) == {"node_conv2d": True,
+                                                         "node_linear": False}
+    summary = _quantize(cnn, tmp_path / "regex", nodes_to_exclude=["node_lin.*"])
+    assert summary["nodes_to_exclude"] == ["node_linear"]
+    assert _float_weights(_graph(tmp_path / "regex")) == {"node_conv2d": False,
+                                                          "node_linear": True}
+
+
+def test_nodes_to_exclude_matching_nothing_names_the_key_and_the_nodes(cnn: Path,
+                                                                       tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"quantize.nodes_to_exclude: 'conv_.*' matches no node"
+                                          r".*Its nodes are: node_conv2d, node_relu"):
+        _quantize(cnn, tmp_path / "out", nodes_to_exclude=["conv_.*"])
+
+
+def test_op_types_to_quantize_limits_what_is_quantized(cnn: Path, tmp_path: Path) -> None:
+    summary = _quantize(cnn, tmp_path / "int8", op_types_to_quantize=["Conv"])
+    assert summary["op_types_to_quantize"] == ["Conv"]
+    assert _float_weights(_graph(tmp_path / "int8")) == {"node_conv2d": False,
+                                                         "node_linear": True}
+    with pytest.raises(RecipeError, match=r"op_types_to_quantize: \['conv'\] .* Did you mean"):
+        _quantize(cnn, tmp_path / "typo", op_types_to_quantize=["conv"])
+
+
+def test_a16w8_has_16_bit_activations_and_8_bit_weights(cnn: Path, tmp_path: Path,
+                                                        evaluation: tuple[np.ndarray, Any]) -> None:
+    _quantize(cnn, tmp_path / "a16w8", activation_type="uint16", weight_type="int8")
+    graph = _graph(tmp_path / "a16w8")
+    assert {t for _, t in _activation_quantizers(graph).values()} == {onnx.TensorProto.UINT16}
+    assert {w[0].dtype for w in _weights(graph).values()} == {np.dtype(np.int8)}
+    model = onnx.load(str(model_file(tmp_path / "a16w8")))
+    opset = {o.domain: o.version for o in model.opset_import}
+    assert opset[""] >= 21  # 16-bit QuantizeLinear is standard from opset 21
+    images = evaluation[0]
+    assert _cosine(_run(cnn, images), _run(tmp_path / "a16w8", images)) > 0.999
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"format": "qoperator", "activation_type": "uint16"}, "format=qoperator: 16-bit types"),
+    ({"mode": "dynamic", "weight_type": "int16"}, "weight_type=int16: mode=dynamic"),
+    ({"calibration": {"method": "percentile", "percentile": 0.0}}, "calibration.percentile"),
+])
+def test_combinations_ort_cannot_build_are_recipe_errors(cnn: Path, tmp_path: Path,
+                                                         settings: dict, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        _quantize(cnn, tmp_path / "out", **settings)
+
+
+def test_percentile_value_sets_the_activation_ranges(cnn: Path, tmp_path: Path) -> None:
+    ranges = {}
+    for percentile in (90.0, 99.999):
+        calibration = {"method": "percentile", "percentile": percentile, "samples": 64}
+        summary = _quantize(cnn, tmp_path / str(percentile), calibration=calibration)
+        assert summary["calibration_percentile"] == percentile
+        ranges[percentile] = _activation_quantizers(_graph(tmp_path / str(percentile)))
+    assert ranges[90.0].keys() == ranges[99.999].keys()
+    clipped = [t for t in ranges[90.0] if ranges[90.0][t][0] < 0.9 * ranges[99.999][t][0]]
+    assert clipped  # a lower percentile clips: smaller scales
+
+
+def test_weight_knobs_shape_the_quantized_weights(cnn: Path, tmp_path: Path) -> None:
+    _quantize(cnn, tmp_path / "default")
+    default = _weights(_graph(tmp_path / "default"))
+    assert all(scale.size > 1 for _, scale, _ in default.values())  # per channel
+    assert max(int(np.abs(w).max()) for w, _, _ in default.values()) == 127
+    assert all(not zp.any() for _, _, zp in default.values())  # symmetric
+    _quantize(cnn, tmp_path / "knobs", per_channel=False, reduce_range=True,
+              weight_symmetric=False, weight_type="uint8")
+    knobs = _weights(_graph(tmp_path / "knobs"))
+    assert all(scale.size == 1 for _, scale, _ in knobs.values())
+    assert max(int(w.max()) for w, _, _ in knobs.values()) <= 127  # 7 bits of uint8
+    assert any(zp.any() for _, _, zp in knobs.values())
+
+
+def test_minimum_real_range_widens_small_ranges(cnn: Path, tmp_path: Path) -> None:
+    _quantize(cnn, tmp_path / "int8", minimum_real_range=100.0)
+    scales = [s for s, _ in _activation_quantizers(_graph(tmp_path / "int8")).values()]
+    assert min(scales) >= 100.0 / 256
+
+
+@pytest.mark.parametrize("pre_process", [True, False])
+def test_pre_process_can_be_turned_off(cnn: Path, tmp_path: Path, pre_process: bool) -> None:
+    summary = _quantize(cnn, tmp_path / "int8", pre_process=pre_process)
+    assert summary["pre_process"] is pre_process
+    metadata = {p.key for p in onnx.load(str(model_file(tmp_path / "int8"))).metadata_props}
+    assert ("onnx.quant.pre_process" in metadata) is pre_process
