@@ -1,8 +1,19 @@
-"""Lay out one target's deployable files: the model, its providers, its signature, a loader.
+"""Lay out one target's deployable files: the model, its coverage, providers, signature, loader.
 
-The output is what a device needs and nothing more: ``model.onnx`` (+ ``model.onnx.data``),
-``providers.json``, ``signature.json`` and ``load_model.py``, which uses only onnxruntime and
-numpy. Manifest, checksums and the archive are added when the bundle is published.
+The output is what a device needs: ``model.onnx`` (+ ``model.onnx.data``), ``model.ort`` when
+the target's runtime loads onnxruntime's ORT format (the mobile packages), ``coverage.json``
+(which nodes the target's EPs take and which fall back to CPU), ``providers.json``,
+``signature.json`` and ``load_model.py``, which uses only onnxruntime and numpy. Manifest,
+checksums and the archive are added when the bundle is published.
+
+Before writing, the model is made to fit ``targets.<t>.requires``: an opset or IR version out
+of range fails (recipe error), opset imports no node uses are dropped, and dynamic dimensions
+are fixed when the target needs static shapes. ``package.max_cpu_fallback_nodes`` gates on the
+coverage.
+
+model.onnx stays beside model.ort: it is the graph validation measured, model.ort is a
+serialization of it after onnxruntime's basic optimizations, and tools (checker, viewers, the
+loader's self-test on a workstation) read ONNX. A phone app ships model.ort alone.
 """
 
 from __future__ import annotations
@@ -15,50 +26,112 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from stages.base import StageContext, stage
-from stages.support.onnx_files import copy_model
+from stages.support import compat, coverage
+from stages.support.onnx_files import MODEL_FILE, copy_model
+from stages.support.op_tables import stage_version
 
 TEMPLATE = Path(__file__).parent / "support" / "load_model_template.py"
 CPU = "CPUExecutionProvider"
 
 
 @stage("package", inputs={"model": "quantize"}, reads=("target", "model.name", "model.inputs",
-       "package"), per_target=True, tools=("onnx", "onnxruntime"))
+       "package"), per_target=True, tools=("onnx", "onnxruntime", "packaging"),
+       version=stage_version(2))
 def package(ctx: StageContext) -> dict[str, Any]:
-    """Copy the model and write providers.json, signature.json and load_model.py beside it."""
+    """Fit the model to the target, report its coverage, write the bundle's files."""
     import onnx
 
+    target = ctx.config.target
     model_path = copy_model(ctx.inputs["model"], ctx.out)
-    # the graph is all the signature needs; the weights may be large
+    prepared = _fit(model_path, target, ctx.target)
+    # the graph is all the rest needs; the weights may be large
     model = onnx.load(str(model_path), load_external_data=False)
+    ort_info, graph = None, model
+    if target.requires.format == "ort":
+        ctx.report("converting to ORT format")
+        ort_info, graph = _ort_model(model_path, ctx.out, target, ctx.target)
+    report = coverage.report(graph, target, ctx.target)
+    report["model"] = ort_info["file"] if ort_info else MODEL_FILE
+    _write_json(ctx.out / "coverage.json", report)
+    coverage.gate(report, ctx.config.package.get("max_cpu_fallback_nodes"), ctx.target)
     signature = _signature(model, ctx.config.model)
-    _write_json(ctx.out / "providers.json", _providers(ctx.config.target, ctx.target))
+    _write_json(ctx.out / "providers.json",
+                _providers(target, ctx.target, report["model"], ort_info))
     _write_json(ctx.out / "signature.json", signature)
     shutil.copyfile(TEMPLATE, ctx.out / "load_model.py")
     return {
         "files": {f.name: f.stat().st_size for f in sorted(ctx.out.iterdir())},
+        "model_file": report["model"],
         "opset": signature["opset"],
         "ir_version": signature["ir_version"],
         "inputs": signature["inputs"],
         "outputs": signature["outputs"],
+        "coverage": {k: report.get(k) for k in ("first_choice", "nodes", "on_first_choice",
+                                                  "cpu_fallback_nodes", "partitions")},
+        **prepared,
+        **({"ort_format": ort_info} if ort_info else {}),
     }
 
 
-def _providers(target: Any, name: str | None) -> dict[str, Any]:
+def _fit(model_path: Path, target: Any, name: str | None) -> dict[str, Any]:
+    """Check the model against ``requires`` and rewrite it to fit; returns what changed."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=True)
+    compat.check_versions(model, target.requires, str(name))
+    changes: dict[str, Any] = {"dropped_opset_imports": compat.drop_unused_opsets(model),
+                               "sorted_nodes": compat.sort_nodes(model)}
+    if target.requires.static_shapes:
+        changes["fixed_dims"] = compat.fix_shapes(model, target.requires, str(name))
+    if any(changes.values()):
+        compat.save(model, model_path.parent)
+    return changes
+
+
+def _ort_model(model_path: Path, out: Path, target: Any, name: str | None) -> tuple[Any, Any]:
+    """model.ort, checked to load here and on the target's runtime range."""
+    import onnxruntime
+
+    style = target.requires.ort_optimization_style
+    ort_file, graph = compat.convert_to_ort(model_path, out, style)
+    version = compat.ort_format_version(ort_file)
+    info = {
+        "file": ort_file.name,
+        "format_version": version,
+        "loads_from_onnxruntime": compat.check_ort_runtime(version, target.runtime, str(name)),
+        "converted_with": f"onnxruntime {onnxruntime.__version__}",
+        "optimization_style": style,
+        "target_platform": compat.ORT_TARGET_PLATFORM,
+        "inputs": compat.check_ort_loads(ort_file),
+    }
+    return info, graph
+
+
+def _providers(target: Any, name: str | None, model_file: str,
+               ort_info: dict[str, Any] | None) -> dict[str, Any]:
     providers = [{"name": ep.name, "options": OmegaConf.to_container(ep.options, resolve=True)}
                  for ep in target.execution_providers]
+    session = OmegaConf.to_container(target.session, resolve=True)
     return {
         "target": name,
         "device": target.device,
         "precision": target.precision,
+        "model": model_file,
+        "runtime": OmegaConf.to_container(target.runtime, resolve=True),
         "providers": providers,
+        # SessionOptions settings the EPs' docs ask for (graph_optimization_level,
+        # intra_op_num_threads, add_session_config_entry); null = onnxruntime's default
+        "session": session,
         # validate measured the model with CPU appended as last resort, so the loader does too
         "cpu_fallback": True,
         "cpu_fallback_policy": (
             "Providers are tried in the order listed and those the device lacks are skipped "
             "with a warning. CPUExecutionProvider is appended last when not listed, so nodes "
-            "no listed provider supports, or a device without them, still run (slower)."
+            "no listed provider supports, or a device without them, still run (slower). "
+            "coverage.json lists the nodes expected to fall back."
         ),
         "explicit_cpu": CPU in [p["name"] for p in providers],
+        **({"ort_format": ort_info} if ort_info else {}),
     }
 
 
