@@ -1,24 +1,34 @@
-"""Compare a target's candidate model with the FP32 reference, time both, and apply the gates.
+"""Compare a target's candidate model with the FP32 reference on the target's own runtime.
 
-Runs on the target's execution providers that this machine has, with CPU as last resort, and
-says plainly whether the target's first-choice provider really ran: numbers measured on CPU for
-a TensorRT target are a parity check, not a device benchmark.
+Each target's checks run with its onnxruntime distribution: in this process when that is the
+host's, else in an isolated environment built once (``stages/support/runtime_env.py``) and
+driven through ``stages/support/validate_worker.py`` in a subprocess. The report says which
+EP really ran, where every node went and, plainly, when the target's first-choice EP could not
+run here: numbers measured on CPU for a TensorRT target are a parity check, not a device
+benchmark. The FP32 outputs everything is compared with always come from the host's CPU EP.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
 from pipeline.errors import GateError, RecipeError
+from pipeline.schema import DATASET_SOURCES
 from stages.base import StageContext, stage
 from stages.support.onnx_files import model_file, model_size
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    import numpy as np
 
+    from stages.support.runtime_env import TargetRuntime
+
+log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 # gate name -> (metric it checks, True when the measured value must stay at or below it)
 GATES = {
@@ -26,15 +36,20 @@ GATES = {
     "min_top1_agreement": ("top1_agreement", False),
     "min_cosine": ("mean_cosine", False),
     "max_abs_diff": ("max_abs_diff", True),
+    "max_cpu_fallback_nodes": ("cpu_fallback_nodes", True),
 }
+
+
 @stage("validate", inputs={"model": "quantize", "reference": "optimize"},
        reads=("validate", "dataset", "model.inputs", "target"), per_target=True,
-       tools=("onnxruntime", "numpy", "scikit-learn"), sources=("dataset.path",),
-       exclusive=True)
+       tools=("onnxruntime", "numpy", "scikit-learn"),
+       sources=DATASET_SOURCES,
+       exclusive=True, version=2)
 def validate(ctx: StageContext) -> dict[str, Any]:
-    """Measure agreement, accuracy, latency and size of the candidate; raise if a gate fails."""
+    """Measure agreement, accuracy, latency, placement and size; raise if a gate fails."""
     from stages.support import metrics
     from stages.support.datasets import load_dataset
+    from stages.support.runtime_env import TargetRuntime
 
     cfg = ctx.config.validate
     split = load_dataset(ctx.config.dataset, ctx.config.model.inputs).evaluation
@@ -46,75 +61,229 @@ def validate(ctx: StageContext) -> dict[str, Any]:
         )
     feeds = split.feeds[:max(cfg.samples, 1)]
     labels = None if split.labels is None else split.labels[:len(feeds)]
-    report = _providers(ctx.config.target, ctx.target)
-    candidate = _session(model_file(ctx.inputs["model"]), report["providers"])
-    reference = _session(model_file(ctx.inputs["reference"]), report["providers"])
-    report["ran_on"] = candidate.get_providers()
-    report["validated_on_target_ep"] = report["ran_on"][0] == report["requested_providers"][0]
-    ctx.report(f"comparing on {len(feeds)} samples ({report['ran_on'][0]})")
-    # an accelerator EP may run the reference in reduced precision (TensorRT fp16), so the
-    # FP32 outputs everything is compared against always come from CPU
-    exact = reference if reference.get_providers() == [CPU] else _session(
-        model_file(ctx.inputs["reference"]), [{"name": CPU, "options": {}}])
-    cand_out, ref_out = metrics.first_outputs(candidate, feeds), metrics.first_outputs(exact, feeds)
-    report |= {"samples": len(feeds), "output": candidate.get_outputs()[0].name,
-               "reference_outputs_on": CPU}
-    report |= metrics.agreement(cand_out, ref_out) | metrics.accuracy(cand_out, ref_out, labels)
-    ctx.report("timing candidate and reference")
-    report["latency_ms"] = metrics.latencies(candidate, reference, feeds[0], cfg)
+    report = _target_section(ctx.config.target, ctx.target)
+    runtime = TargetRuntime.prepare(ctx.config.target, ctx.target, ctx.config.validate,
+                                    ctx.report)
+    start = time.perf_counter()
+    ctx.report(f"comparing on {len(feeds)} samples ({runtime.info['pinned']})")
+    measured = _measure(ctx, runtime, report, feeds)
+    cand, ref = measured["candidate|first"], measured["reference|first"]
+    report |= {"evaluation_samples": len(feeds)}
+    report |= metrics.agreement(cand, ref) | metrics.accuracy(cand, ref, labels)
     report["size_bytes"] = {"candidate": model_size(ctx.inputs["model"]),
                             "reference": model_size(ctx.inputs["reference"])}
+    if not report["validated_on_target_ep"]:
+        on = "cpu" if report["ran_on"][0] == CPU else report["ran_on"][0]
+        report["static_checks"] = [f"{on}_agreement"] + ([] if labels is None else
+                                                         [f"{on}_accuracy"])
+    report["samples"] = _samples(ctx, report, feeds, measured)
+    report["seconds"] = {"env_setup": runtime.info["env_setup_seconds"],
+                         "validation": round(time.perf_counter() - start, 3)}
     report["gates"] = _check_gates(cfg.gates, report, ctx.target)
     (ctx.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _providers(target: Any, name: str | None) -> dict[str, Any]:
-    """The target's providers this machine has, in the target's order, CPU always last resort."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    requested = [ep.name for ep in target.execution_providers]
-    chosen = [(ep.name, OmegaConf.to_container(ep.options, resolve=True))
-              for ep in target.execution_providers if ep.name in available]
-    if CPU not in [ep for ep, _ in chosen]:
-        chosen.append((CPU, {}))
-    return {
-        "target": name,
-        "device": target.device,
-        "precision": target.precision,
-        "requested_providers": requested,
-        "available_providers": available,
-        "unavailable": [ep for ep in requested if ep not in available],
-        "providers": [{"name": ep, "options": options} for ep, options in chosen],
-    }
+def _target_section(target: Any, name: str | None) -> dict[str, Any]:
+    providers = [{"name": ep.name, "options": OmegaConf.to_container(ep.options, resolve=True)}
+                 for ep in target.execution_providers]
+    return {"target": name, "device": target.device, "precision": target.precision,
+            "requested_providers": [p["name"] for p in providers], "providers": providers}
 
 
-def _session(path: Path, providers: list[dict[str, Any]]) -> Any:
-    import onnxruntime as ort
+def _measure(ctx: StageContext, runtime: TargetRuntime, report: dict[str, Any],
+             feeds: list[Any]) -> dict[str, np.ndarray]:
+    """Candidate and reference on the target's runtime; FP32 truth from the host's CPU EP."""
+    from stages.support import metrics, runtime_env, validate_worker
 
-    return ort.InferenceSession(str(path), providers=[p["name"] for p in providers],
-                                provider_options=[p["options"] for p in providers])
+    cfg = ctx.config.validate
+    keep = _keep(cfg, feeds)
+    candidate, reference = (str(model_file(ctx.inputs[slot]).resolve())
+                            for slot in ("model", "reference"))
+    session = _session_settings(ctx.config.target)
+    request = {"providers": report["providers"], "warmup_runs": cfg.warmup_runs,
+               "latency_runs": cfg.latency_runs, "session": session,
+               "disable_cpu_fallback": _forbids_fallback(cfg, session),
+               "jobs": [{"role": "candidate", "path": candidate, "outputs": "all", "keep": keep,
+                         "latency": True, "placement": "auto"},
+                        {"role": "reference", "path": reference, "latency": True,
+                         "outputs": "none" if runtime.python else "all"}]}
+    result, arrays, stderr = runtime.run(request, feeds, ctx.target)
+    _describe_run(report, runtime, result, stderr)
+    _placement_verdict(report, ctx.target)
+    jobs = result["jobs"]
+    report["latency_ms"] = {"candidate": jobs["candidate"]["latency"],
+                            "reference": jobs["reference"]["latency"], "batch": 1,
+                            "runs": cfg.latency_runs, "warmup_runs": cfg.warmup_runs,
+                            "on": report["ran_on"][0], "runtime": runtime.info["pinned"]}
+    report["latency_ms"]["speedup"] = metrics.speedup(report["latency_ms"])
+    host_cpu = [{"name": CPU, "options": {}}]
+    host_jobs = []
+    if runtime.python or jobs["reference"]["ran_on"] != [CPU]:
+        host_jobs.append({"role": "reference", "path": reference, "outputs": "all"})
+    if runtime.python or report["ran_on"] != [CPU]:
+        host_jobs.append({"role": "cpu_candidate", "path": candidate, "keep": keep})
+    if host_jobs:
+        arrays |= validate_worker.run_request({"providers": host_cpu, "jobs": host_jobs},
+                                              feeds)[1]
+    host, version = runtime_env.host_runtime()
+    report["reference_outputs_on"] = f"{CPU} ({host}=={version}, this process)"
+    return arrays
+
+
+def _session_settings(target: Any) -> dict[str, Any]:
+    session = target.get("session")
+    return {} if session is None else OmegaConf.to_container(session, resolve=True)
+
+
+def _forbids_fallback(cfg: Any, session: dict[str, Any]) -> bool:
+    """The recipe forbids CPU fallback, or the target's own session settings do."""
+    config = session.get("config") or {}
+    return bool(cfg.get("forbid_cpu_fallback")) or \
+        str(config.get("session.disable_cpu_ep_fallback", "0")) == "1"
+
+
+def _keep(cfg: Any, feeds: list[Any]) -> int:
+    """How many samples go into samples.npz for the bundle's self-test."""
+    return min(max(cfg.get("bundle_samples", 4), 1), len(feeds))
+
+
+def _describe_run(report: dict[str, Any], runtime: TargetRuntime, result: dict[str, Any],
+                  stderr: str) -> None:
+    """Which providers the runtime has and which really ran; the verdict on the target EP."""
+    candidate = result["jobs"]["candidate"]
+    first = report["requested_providers"][0]
+    available = result["available_providers"]
+    report |= {"runtime": runtime.info, "available_providers": available,
+               "unavailable": [ep for ep in report["requested_providers"] if ep not in available],
+               "providers": candidate["providers"], "ran_on": candidate["ran_on"],
+               "placement": _fallback_only(candidate["placement"], first, candidate["ran_on"]),
+               "cpu_fallback_disabled": candidate["cpu_fallback_disabled"]}
+    if "refused" in candidate:
+        report["refused"] = candidate["refused"]
+    reason = None
+    if first not in candidate["ran_on"]:
+        reason = f"{first} not available: {_why_absent(first, runtime, available, stderr)}"
+    elif first != CPU and not (report["placement"] or {}).get("per_ep", {}).get(first):
+        reason = (f"{first} was registered but took none of the model's "
+                  f"{report['placement']['total']} nodes; they all ran on {CPU}")
+    report["validated_on_target_ep"] = reason is None
+    report["static_checks"] = []
+    report["not_validated_reason"] = reason
+    if reason:
+        reason += (f"; the numbers below were measured on {candidate['ran_on'][0]} "
+                   f"({runtime.info['pinned']})")
+        report["not_validated_reason"] = reason
+
+
+def _fallback_only(placement: dict[str, Any] | None, first: str,
+                   ran_on: list[str]) -> dict[str, Any] | None:
+    """Placement listing the nodes the first EP left to CPU: none on a CPU target, and not
+    measured (None) when the first EP did not run at all."""
+    if placement is None:
+        return None
+    nodes = placement.pop("cpu_nodes")
+    return placement | {"cpu_fallback": [] if first == CPU else nodes if first in ran_on
+                        else None}
+
+
+def _why_absent(ep: str, runtime: TargetRuntime, available: list[str], stderr: str) -> str:
+    from stages.support.runtime_env import ep_blocker
+
+    if ep in available:
+        # onnxruntime logs why it dropped the EP: "...[E:onnxruntime...] ... [OpenVINO] why"
+        errors = [re.sub(r"\x1b\[[0-9;]*m", "", line).rsplit("] ", 1)[-1].strip()
+                  for line in stderr.splitlines() if "[E:" in line or "EP Error" in line]
+        detail = f": {errors[-1][-300:]}" if errors else ""
+        return (f"{runtime.info['pinned']} has it, but the session did not register it (its "
+                f"provider options were rejected or its device is absent){detail}")
+    blocker, fallback = ep_blocker(ep), runtime.info["fallback_reason"]
+    if blocker and fallback:
+        return f"{blocker} ({runtime.info['requirement']} not installed here)"
+    return fallback or blocker or f"{runtime.info['pinned']} does not provide it"
+
+
+def _placement_verdict(report: dict[str, Any], target: str | None) -> None:
+    """Count the nodes the first-choice EP left to CPU; refuse them when CPU fallback is off."""
+    first, placement = report["requested_providers"][0], report["placement"]
+    report["cpu_fallback_nodes"] = None
+    report["warnings"] = []
+    refused = report.get("refused")
+    if (not report["validated_on_target_ep"] or placement is None) and not refused:
+        return
+    nodes = placement["cpu_fallback"] or []
+    report["cpu_fallback_nodes"] = len(nodes)
+    if nodes:
+        report["warnings"].append(
+            f"{len(nodes)} of {placement['total']} {placement['unit']} fell back from {first} "
+            f"to {CPU}: {_names(nodes)}")
+        log.warning("target '%s': %s", target, report["warnings"][-1])
+    if refused:
+        raise GateError(
+            f"target '{target}': CPU fallback is forbidden (validate.forbid_cpu_fallback, or "
+            f"session.disable_cpu_ep_fallback in the target's session.config), but {first} "
+            f"cannot take {len(nodes)} of the model's {placement['total']} {placement['unit']}:"
+            f" {_names(nodes) or 'none listed'}. onnxruntime refused the session, as it would "
+            f"on the device ({refused.splitlines()[0][:300]}). Change the model or the target, "
+            "or allow fallback and cap it with validate.gates.max_cpu_fallback_nodes.")
+
+
+def _names(nodes: list[dict[str, str]], limit: int = 12) -> str:
+    shown = ", ".join(f"{n['name']} ({n['op_type']})" for n in nodes[:limit])
+    return shown + (f" and {len(nodes) - limit} more" if len(nodes) > limit else "")
+
+
+def _samples(ctx: StageContext, report: dict[str, Any], feeds: list[Any],
+             measured: dict[str, np.ndarray]) -> dict[str, Any]:
+    """samples.npz: a few inputs with the candidate's outputs on the EP that ran, + tolerances."""
+    from stages.support import metrics
+
+    keep = _keep(ctx.config.validate, feeds)
+    expected = [_sample(measured, "candidate", i) for i in range(keep)]
+    cpu = [_sample(measured, "cpu_candidate", i) for i in range(keep)]
+    gap = None
+    if not report["validated_on_target_ep"]:
+        first_cand = measured["candidate|first"][:keep].astype("float64")
+        gap = float(abs(first_cand - measured["reference|first"][:keep]).max())
+    tolerances = metrics.tolerances(expected, cpu if any(cpu) else None, gap)
+    entry = metrics.write_samples(ctx.out / "samples.npz", feeds[:keep], expected, tolerances)
+    return entry | {"outputs_from": f"{report['ran_on'][0]} ({report['runtime']['pinned']})"}
+
+
+def _sample(measured: dict[str, np.ndarray], role: str, index: int) -> dict[str, np.ndarray]:
+    prefix = f"{role}|{index}|"
+    return {key[len(prefix):]: value for key, value in measured.items()
+            if key.startswith(prefix)}
 
 
 def _check_gates(gates: Any, report: dict[str, Any], target: str | None) -> list[dict[str, Any]]:
     """Evaluate every gate that is set, so one failed build reports all its problems at once."""
     results = []
     for gate, (metric, is_max) in GATES.items():
-        threshold = gates[gate]
+        threshold = gates.get(gate)
         if threshold is None:
             continue
         measured = report[metric]
+        if measured is None:  # only placement can be unmeasurable: the target EP did not run
+            results.append({"gate": gate, "threshold": threshold, "measured": None,
+                            "passed": None, "skipped": report["not_validated_reason"]})
+            continue
         # written as "passes when" so that a NaN measurement fails the gate
         passed = bool(measured <= threshold) if is_max else bool(measured >= threshold)
         results.append({"gate": gate, "threshold": threshold, "measured": measured,
                         "passed": passed})
-    failed = [r for r in results if not r["passed"]]
+    failed = [r for r in results if r["passed"] is False]
     if failed:
-        lines = "; ".join(
-            f"validate.gates.{r['gate']}: measured {r['measured']:.6g} "
-            f"{'>' if GATES[r['gate']][1] else '<'} threshold {r['threshold']:.6g}"
-            for r in failed)
         raise GateError(f"target '{target}' failed {len(failed)} quality gate(s) "
-                        f"(ran on {report['ran_on'][0]}): {lines}.")
+                        f"(ran on {report['ran_on'][0]}, {report['runtime']['pinned']}): "
+                        f"{'; '.join(_gate_line(r, report) for r in failed)}.")
     return results
+
+
+def _gate_line(result: dict[str, Any], report: dict[str, Any]) -> str:
+    line = (f"validate.gates.{result['gate']}: measured {result['measured']:.6g} "
+            f"{'>' if GATES[result['gate']][1] else '<'} threshold {result['threshold']:.6g}")
+    if result["gate"] == "max_cpu_fallback_nodes":
+        line += (f" ({report['placement']['unit']} {report['requested_providers'][0]} left to "
+                 f"{CPU}: {_names(report['placement']['cpu_fallback'])})")
+    return line

@@ -1,8 +1,7 @@
-"""Numbers the validate stage reports: agreement, accuracy and latency of ONNX Runtime sessions."""
+"""Numbers the validate stage reports: agreement, accuracy, and the bundle's self-test samples."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,29 +9,17 @@ import numpy as np
 from pipeline.errors import RecipeError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from stages.support.datasets import Feed
 
-# ONNX Runtime type strings of inputs whose dtype can differ from the recipe's (fp16 models)
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-              "tensor(double)": np.float64}
-
-
-
-def feed_for(session: Any, feed: Feed) -> Feed:
-    """Cast float inputs to the session's own type: an fp16 candidate takes float16 feeds."""
-    types = {i.name: ORT_DTYPES.get(i.type) for i in session.get_inputs()}
-    return {name: a if types.get(name) is None else a.astype(types[name])
-            for name, a in feed.items()}
-
-
-def first_outputs(session: Any, feeds: list[Feed]) -> np.ndarray:
-    """First output of every sample, stacked along a new leading axis, as float64."""
-    name = session.get_outputs()[0].name
-    runs = [session.run([name], feed_for(session, feed))[0] for feed in feeds]
-    return np.stack(runs).astype(np.float64)
+RTOL = 1e-3
+# the smallest absolute tolerance, relative to the largest expected output value
+ATOL_FLOOR = 1e-4
 
 
 def agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    candidate, reference = candidate.astype(np.float64), reference.astype(np.float64)
     flat_c = candidate.reshape(len(candidate), -1)
     flat_r = reference.reshape(len(reference), -1)
     norms = np.linalg.norm(flat_c, axis=1) * np.linalg.norm(flat_r, axis=1)
@@ -48,7 +35,7 @@ def agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 
 def accuracy(candidate: np.ndarray, reference: np.ndarray,
-              labels: np.ndarray | None) -> dict[str, float | None]:
+             labels: np.ndarray | None) -> dict[str, float | None]:
     if labels is None:
         return {"accuracy_fp32": None, "accuracy_candidate": None, "accuracy_drop": None}
     if candidate[0].size != candidate.shape[-1]:
@@ -61,22 +48,48 @@ def accuracy(candidate: np.ndarray, reference: np.ndarray,
     return {"accuracy_fp32": fp32, "accuracy_candidate": cand, "accuracy_drop": fp32 - cand}
 
 
-def latencies(candidate: Any, reference: Any, feed: Feed, cfg: Any) -> dict[str, Any]:
-    timings = {"candidate": latency(candidate, feed, cfg),
-               "reference": latency(reference, feed, cfg)}
-    speedup = timings["reference"]["p50"] / max(timings["candidate"]["p50"], 1e-9)
-    return timings | {"speedup": speedup, "batch": 1, "runs": cfg.latency_runs,
-                      "warmup_runs": cfg.warmup_runs}
+def speedup(latency: dict[str, Any]) -> float:
+    return latency["reference"]["p50"] / max(latency["candidate"]["p50"], 1e-9)
 
 
-def latency(session: Any, feed: Feed, cfg: Any) -> dict[str, float]:
-    """p50/p90 wall time in ms of one batch-1 run, after warmup (first runs allocate memory)."""
-    feed = feed_for(session, feed)
-    for _ in range(cfg.warmup_runs):
-        session.run(None, feed)
-    times = []
-    for _ in range(max(cfg.latency_runs, 1)):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+def write_samples(path: Path, feeds: list[Feed], expected: list[dict[str, np.ndarray]],
+                  tolerances: dict[str, Any]) -> dict[str, Any]:
+    """Save inputs and expected outputs, axis 0 indexing the sample; returns the report entry."""
+    inputs = {name: np.stack([feed[name] for feed in feeds]) for name in feeds[0]}
+    outputs = {name: np.stack([sample[name] for sample in expected]) for name in expected[0]}
+    np.savez(path, **{f"input:{k}": v for k, v in inputs.items()},
+             **{f"output:{k}": v for k, v in outputs.items()})
+    return {
+        "file": path.name,
+        "count": len(feeds),
+        "inputs": {name: f"input:{name}" for name in inputs},
+        "outputs": {name: f"output:{name}" for name in outputs},
+        "layout": "axis 0 indexes the sample; each sample is one run's feed and outputs",
+        **tolerances,
+    }
+
+
+def tolerances(expected: list[dict[str, np.ndarray]],
+               other_ep: list[dict[str, np.ndarray]] | None,
+               fp32_gap: float | None) -> dict[str, Any]:
+    """atol/rtol for a device's self-test against ``expected`` (float outputs only).
+
+    atol is twice the largest difference seen between the EP that ran and onnxruntime's CPU
+    EP on the same samples (``other_ep``), at least ATOL_FLOOR x the output scale; when the
+    target's own EP could not run here, the candidate's distance from FP32 (``fp32_gap``)
+    bounds how far a device's kernels may land, so atol covers it too.
+    """
+    floats = [name for name, value in expected[0].items() if np.issubdtype(value.dtype,
+                                                                            np.floating)]
+    scale = max((float(np.max(np.abs(s[n]))) for s in expected for n in floats), default=0.0)
+    spread = 0.0
+    if other_ep is not None:
+        spread = max((float(np.max(np.abs(s[n].astype(np.float64) - o[n])))
+                      for s, o in zip(expected, other_ep, strict=True) for n in floats),
+                     default=0.0)
+    atol = max(2.0 * spread, ATOL_FLOOR * max(scale, 1.0), fp32_gap or 0.0)
+    basis = "2x the largest EP vs CPU EP difference on these samples, at least 1e-4 x scale"
+    if fp32_gap is not None:
+        basis += "; the target EP did not run here, so also the candidate's gap to FP32"
+    return {"atol": atol, "rtol": RTOL, "observed_ep_vs_cpu_max_abs_diff": spread,
+            "output_scale": scale, "tolerance_basis": basis}
