@@ -1,48 +1,82 @@
-"""Publish one deployment bundle per target from the cached package output.
+"""Publish one deployment bundle per target from the cached package and validate outputs.
 
-``artifacts/<recipe>/<target>/`` receives the packaged files plus ``manifest.json`` (the
-equivalent of ``dvc.lock``: which stage keys produced it, and a checksum of every file), and
-``<target>.tar.gz`` beside it with its ``.sha256``. The new bundle is assembled aside and swapped
-in with renames, so a reader sees the old bundle or the new one, never a mix; a build that
-failed never reaches this step.
+``artifacts/<recipe>/<target>/`` receives the packaged files (model, providers.json,
+signature.json, load_model.py), validate's ``samples.npz`` (sample inputs and the outputs the
+validated model gave for them), a ``requirements.txt`` pinning the device's onnxruntime, and
+``manifest.json`` (the equivalent of ``dvc.lock``: which stage keys produced the bundle, the
+environment that built it, and the sha256 of every other file). With a signing key configured
+(see ``pipeline.signing``) ``model.sig`` signs all of it, manifest included. ``<target>.tar.gz``
+and its ``.sha256`` go beside the folder.
+
+The new bundle is assembled aside and swapped in with renames, so a reader sees the old bundle
+or the new one, never a mix; a build that failed never reaches this step. An unchanged bundle is
+left alone (not even re-signed: ECDSA signatures differ on every run, archives would too).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import shutil
 import tarfile
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from pipeline.hashing import DigestState, list_files, sha256_file
+from pipeline import signing
+from pipeline.errors import StageError
+from pipeline.hashing import DigestState, file_digests, list_files, sha256_file
 from pipeline.keys import tool_version
 from pipeline.plan import Plan, node_name
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pipeline.cache import Entry
     from pipeline.executor import NodeResult
 
 MANIFEST = "manifest.json"
+FORMAT = 2  # bump when load_model.py must read manifest.json differently
+SAMPLES = "samples.npz"
+REQUIREMENTS = "requirements.txt"
+# library -> the distributions that provide it, in the order to look for them
+LIBRARIES = {
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+    "torch": ("torch",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+    "numpy": ("numpy",),
+    "model-signing": ("model-signing",),
+}
+
+
+@dataclass(frozen=True)
+class _Bundle:
+    target: str
+    package: Path  # the package stage's output folder
+    samples: Path | None  # validate's samples.npz, when it wrote one
+    requirements: str
+    manifest: dict[str, Any]
 
 
 def publish(plan: Plan, results: dict[str, NodeResult], recipe_dir: Path,
             state: DigestState) -> dict[str, Path]:
     """Write the bundle of every target whose whole chain of stages succeeded."""
     recipe_dir.mkdir(parents=True, exist_ok=True)
-    published = {}
+    published: dict[str, Path] = {}
     with FileLock(recipe_dir / ".publish.lock"):
         _recover(recipe_dir)
-        for target in plan.targets:
-            chain = [name for name, node in plan.nodes.items() if node.target in (None, target)]
-            if all(results[name].status in ("ran", "cached") for name in chain):
-                manifest = _manifest(plan, results, target, chain)
-                package = results[node_name("package", target)]
-                published[target] = _write_bundle(recipe_dir, target, package, manifest, state)
+        chains = {target: [name for name, node in plan.nodes.items()
+                           if node.target in (None, target)] for target in plan.targets}
+        ready = [target for target, chain in chains.items()
+                 if all(results[name].status in ("ran", "cached") for name in chain)]
+        key = signing.signing_key(plan.resolved) if ready else None
+        for target in ready:
+            bundle = _assemble(plan, results, target, chains[target], key)
+            published[target] = _write_bundle(recipe_dir, bundle, state, key)
     return published
 
 
@@ -58,58 +92,170 @@ def _recover(recipe_dir: Path) -> None:
             os.replace(retired, final)
 
 
-def _manifest(plan: Plan, results: dict[str, NodeResult], target: str,
-              chain: list[str]) -> dict[str, Any]:
-    package = results[node_name("package", target)]
-    validate = results[node_name("validate", target)]
-    export_meta = results["export"].entry.meta  # type: ignore[union-attr]
-    return {
-        "format": 1,
+def _assemble(plan: Plan, results: dict[str, NodeResult], target: str, chain: list[str],
+              key: signing.SigningKey | None) -> _Bundle:
+    """What the bundle will hold, with its manifest, computed from cache metadata alone."""
+    package, validate = (_entry(results, kind, target) for kind in ("package", "validate"))
+    target_config = plan.resolved["targets"][target]
+    runtime = _runtime(target_config, validate.meta["summary"])
+    requirements = _requirements(target, runtime, signed=key is not None)
+    files = dict(package.meta["files"])
+    files[REQUIREMENTS] = hashlib.sha256(requirements.encode()).hexdigest()
+    has_samples = SAMPLES in validate.meta["files"]
+    if has_samples:
+        files[SAMPLES] = validate.meta["files"][SAMPLES]
+    manifest = {
+        "format": FORMAT,
         "recipe": plan.recipe,
         "target": target,
-        "target_config": plan.resolved["targets"][target],
-        "execution_providers": plan.resolved["targets"][target]["execution_providers"],
-        "signature": {k: package.entry.meta["summary"][k]  # type: ignore[union-attr]
+        "target_config": target_config,
+        "execution_providers": target_config["execution_providers"],
+        "signature": {k: package.meta["summary"][k]
                       for k in ("inputs", "outputs", "opset", "ir_version")},
         "onnxruntime_version": tool_version("onnxruntime"),
-        "source_model_digest": export_meta["payload"]["sources"],
+        "runtime": runtime,
+        "source_model_digest": results["export"].entry.meta["payload"]["sources"],  # type: ignore[union-attr]
         "stages": {name: {"key": results[name].key,
                           "digest": results[name].entry.digest}  # type: ignore[union-attr]
                    for name in chain},
-        "validation": validate.entry.meta["summary"],  # type: ignore[union-attr]
+        "validation": validate.meta["summary"],
+        "samples": _samples_entry(validate.meta["summary"]) if has_samples else None,
         "recipe_resolved": plan.resolved,
-        "built_with": {"python": platform.python_version(), "machine": platform.machine(),
-                       "edgekiln": tool_version("edgekiln")},
+        "built_with": _environment(),
+        "signing": key.manifest_entry() if key else None,
+        "files": files,
+    }
+    return _Bundle(target, package.out, validate.out / SAMPLES if has_samples else None,
+                   requirements, manifest)
+
+
+def _entry(results: dict[str, NodeResult], kind: str, target: str) -> Entry:
+    entry = results[node_name(kind, target)].entry
+    if entry is None:  # publish() picks only targets whose stages ran or came from the cache
+        raise StageError(f"publishing '{target}': stage {kind}@{target} has no output")
+    return entry
+
+
+def _runtime(target_config: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
+    """The onnxruntime the device must install: the target's range, else what validated."""
+    spec = target_config.get("runtime") or {}
+    distribution = spec.get("distribution") or "onnxruntime"
+    ran = validation.get("runtime") or {}
+    validated = {"distribution": ran.get("distribution") or "onnxruntime",
+                 "version": ran.get("version") or tool_version("onnxruntime")}
+    if spec.get("version"):
+        requirement = f"{distribution}{spec['version']}"
+    elif validated["distribution"] == distribution:
+        requirement = f"{distribution}=={validated['version']}"
+    else:  # validate fell back to the host's distribution: no version of this one was tried
+        requirement = distribution
+    return {"distribution": distribution, "requirement": requirement,
+            "validated_with": validated}
+
+
+def _requirements(target: str, runtime: dict[str, Any], signed: bool) -> str:
+    validated = runtime["validated_with"]
+    numpy_major = int(tool_version("numpy").split(".")[0])
+    lines = [
+        f"# what load_model.py needs on the device for target '{target}': "
+        "pip install -r requirements.txt",
+        f"# validated with {validated['distribution']}=={validated['version']}",
+        runtime["requirement"],
+        # the numpy major version the bundle was built with: 1.x and 2.x differ in ABI
+        f"numpy>={numpy_major},<{numpy_major + 1}",
+    ]
+    if signed:
+        lines.append("# to verify the signature (load_model.py --public-key): model-signing>=1.1")
+    return "\n".join(lines) + "\n"
+
+
+def _samples_entry(validation: dict[str, Any]) -> dict[str, Any]:
+    """Where the self-test finds its samples and the tolerances validate set for them."""
+    info = validation.get("samples")
+    info = info if isinstance(info, dict) else {}
+    return {"file": SAMPLES, **info}
+
+
+def _environment() -> dict[str, Any]:
+    """The machine and libraries that built the bundle (versions read without importing)."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "libraries": {name: _first_version(dists) for name, dists in LIBRARIES.items()},
+        "edgekiln": tool_version("edgekiln"),
     }
 
 
-def _write_bundle(recipe_dir: Path, target: str, package: NodeResult,
-                  manifest: dict[str, Any], state: DigestState) -> Path:
-    final = recipe_dir / target
-    source = package.entry.out  # type: ignore[union-attr]
-    manifest["files"] = package.entry.meta["files"]  # type: ignore[union-attr]
-    if _unchanged(final, manifest, state):
+def _first_version(distributions: tuple[str, ...]) -> str:
+    for dist in distributions:
+        if (version := tool_version(dist)) != "absent":
+            return version if dist == distributions[0] else f"{version} ({dist})"
+    return "absent"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("model name", "Hardware", "Processor")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _write_bundle(recipe_dir: Path, bundle: _Bundle, state: DigestState,
+                  key: signing.SigningKey | None) -> Path:
+    final = recipe_dir / bundle.target
+    if _unchanged(final, bundle.manifest, state, signed=key is not None):
         return final
-    staging = recipe_dir / f".{target}.staging.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, copy_function=shutil.copyfile)
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    _archive(staging, recipe_dir, target)
+    # staged under its final name: model-signing records the folder name in the signature
+    holder = recipe_dir / f".{bundle.target}.staging.{os.getpid()}"
+    shutil.rmtree(holder, ignore_errors=True)
+    staging = holder / bundle.target
+    shutil.copytree(bundle.package, staging, copy_function=shutil.copyfile)
+    if bundle.samples is not None:
+        shutil.copyfile(bundle.samples, staging / SAMPLES)
+    (staging / REQUIREMENTS).write_bytes(bundle.requirements.encode())
+    _check_staged(staging, bundle.manifest["files"])
+    (staging / MANIFEST).write_text(json.dumps(bundle.manifest, indent=2, sort_keys=True))
+    if key is not None:
+        signing.sign(staging, key)
+    _archive(staging, recipe_dir, bundle.target)
     _swap(staging, final)
+    shutil.rmtree(holder, ignore_errors=True)
     return final
 
 
-def _unchanged(final: Path, manifest: dict[str, Any], state: DigestState) -> bool:
+def _check_staged(staging: Path, files: dict[str, str]) -> None:
+    """The copied bytes are what the manifest lists (a damaged cache entry must not ship)."""
+    staged = file_digests(staging)
+    if staged != files:
+        wrong = sorted(name for name in staged.keys() | files.keys()
+                       if staged.get(name) != files.get(name))
+        raise StageError(f"publishing '{staging.name}': the files {wrong} do not match the "
+                         "cache's record of them; the cache entry is damaged. Re-run with "
+                         "run.force=[package] (or run.force=all).")
+
+
+def _unchanged(final: Path, manifest: dict[str, Any], state: DigestState, signed: bool) -> bool:
     """True when the bundle on disk is exactly what we would write (checked via the stat memo)."""
     try:
         existing = json.loads((final / MANIFEST).read_text())
+        paths = list(final.rglob("*"))
         on_disk = {p.relative_to(final).as_posix(): state.file(p) for p in list_files(final)}
     except (OSError, ValueError):
         return False
+    if any(p.is_symlink() for p in paths):
+        return False
     on_disk.pop(MANIFEST, None)
+    has_signature = on_disk.pop(signing.SIGNATURE_FILE, None) is not None
     archive = final.with_name(f"{final.name}.tar.gz")
     return (existing == json.loads(json.dumps(manifest)) and on_disk == manifest["files"]
-            and archive.exists())
+            and has_signature == signed and archive.exists())
 
 
 def _archive(staging: Path, recipe_dir: Path, target: str) -> None:
