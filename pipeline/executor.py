@@ -72,7 +72,7 @@ def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, Node
 
 def _must_wait(node: Node, running: list[Node]) -> bool:
     """An exclusive stage starts on an idle executor, and nothing starts beside one."""
-    return bool(running) and (node.spec.exclusive or any(n.spec.exclusive for n in running))
+    return bool(running) and (node.exclusive or any(n.exclusive for n in running))
 
 
 def _ready(pending: dict[str, Node], results: dict[str, NodeResult]) -> list[str]:

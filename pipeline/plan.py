@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import stages  # noqa: F401 -- importing it registers every stage kind
 from pipeline.errors import EnvironmentProblem, RecipeError, did_you_mean
+from pipeline.schema import DATASET_SOURCES
 from stages.base import REGISTRY, StageSpec
 
 PIPELINE = ("export", "optimize", "quantize", "validate", "package")
@@ -33,6 +34,7 @@ KNOWN_PROVIDERS = (
     "WebGpuExecutionProvider", "AzureExecutionProvider", "SNPEExecutionProvider",
     "DnnlExecutionProvider", "TvmExecutionProvider", "CANNExecutionProvider",
 )
+DATASET_PATHS = tuple(k for k in DATASET_SOURCES if k.endswith("path"))
 FRAMEWORK_MODULES = {"torch": ("torch", "torch"), "tensorflow": ("tensorflow", "tf")}
 
 
@@ -44,6 +46,11 @@ class Node:
     config: dict[str, Any]  # the recipe keys spec.reads, resolved; part of the cache key
     upstream: dict[str, str]  # input slot -> upstream node name
     sources: dict[str, str]  # recipe key -> file or directory whose content enters the key
+
+    @property
+    def exclusive(self) -> bool:
+        rule = self.spec.exclusive
+        return rule(self.config) if callable(rule) else rule
 
 
 @dataclass(frozen=True)
@@ -161,18 +168,28 @@ def _check_model(resolved: dict[str, Any]) -> None:
         raise RecipeError(f"model.{needs}: required when model.framework={framework}.")
     if framework == "tensorflow" and not (model["path"] or model["factory"]):
         raise RecipeError("model.path or model.factory: one is required for tensorflow.")
-    for key in ("model.checkpoint", "model.path", "dataset.path"):
+    for key in ("model.checkpoint", "model.path", *DATASET_PATHS):
         value = _get_path(resolved, key)
         if value and not Path(value).exists():
             raise RecipeError(f"{key}: '{value}' does not exist (paths are relative to "
                               f"{Path.cwd()}).")
-    if resolved["dataset"]["kind"] == "npz" and not resolved["dataset"]["path"]:
-        raise RecipeError("dataset.path: required when dataset.kind=npz.")
+    _check_dataset_source(resolved["dataset"])
     if framework in FRAMEWORK_MODULES:
         module, extra = FRAMEWORK_MODULES[framework]
         if importlib.util.find_spec(module) is None:
             raise EnvironmentProblem(f"model.framework={framework} needs {module}: "
                                      f"pip install -e '.[{extra}]'")
+
+
+def _check_dataset_source(dataset: dict[str, Any]) -> None:
+    kind = dataset["kind"]
+    if kind in ("npz", "npy", "images") and not any(
+            _get_path({"dataset": dataset}, key) for key in DATASET_PATHS):
+        raise RecipeError(f"dataset.path: required when dataset.kind={kind} (or give each split "
+                          "its own dataset.calibration_path / evaluation_path).")
+    if kind == "callable" and not dataset["factory"]:
+        raise RecipeError("dataset.factory: required when dataset.kind=callable "
+                          "('package.module:callable' yielding feed dicts).")
 
 
 def _forced(requested: list[str], nodes: dict[str, Node]) -> frozenset[str]:

@@ -15,6 +15,7 @@ from pipeline import bundle, executor, plan
 from pipeline.cache import Cache, Entry
 from pipeline.keys import cache_key, key_payload
 from pipeline.progress import LiveDisplay, summary_table
+from pipeline.signing import signing_key
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -31,6 +32,7 @@ def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any
     if run_cfg["dry_run"]:
         console.print(dry_run_table(the_plan, cache))
         return {"recipe": the_plan.recipe, "dry_run": True}
+    signing_key(the_plan.resolved)  # a missing key must fail now, not after every stage ran
     recipe_dir = Path(run_cfg["artifacts_dir"]) / the_plan.recipe
     started = time.time()
     with LiveDisplay(console, live=run_cfg["progress"]) as display:

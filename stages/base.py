@@ -52,8 +52,9 @@ class StageSpec:
     tools: tuple[str, ...] = ()
     # recipe keys naming files or directories whose content enters the cache key
     sources: tuple[str, ...] = ()
-    # runs alone, with no other stage beside it: latency measured next to a busy core lies
-    exclusive: bool = False
+    # runs alone, with no other stage beside it: latency measured next to a busy core lies;
+    # a function of the node's config when only some settings time things
+    exclusive: bool | Callable[[dict[str, Any]], bool] = False
 
 
 REGISTRY: dict[str, StageSpec] = {}

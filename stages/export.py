@@ -8,7 +8,6 @@ registry stays fast.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 from pathlib import Path
@@ -27,6 +26,7 @@ from stages.support.export_checks import (
 )
 from stages.support.export_tf import export_tensorflow
 from stages.support.export_torch import export_torch
+from stages.support.factories import import_callable
 from stages.support.onnx_files import load_model, save_model
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ NEEDS = {"torch": (("torch", "onnxscript"), "torch"),
          "tensorflow": (("tensorflow", "tf2onnx"), "tf")}
 
 
-@stage("export", inputs={}, reads=("model", "export"),
+@stage("export", inputs={}, reads=("model", "export"), version=2,
        tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx"),
        sources=("model.checkpoint", "model.path", "model.factory"))
 def export(ctx: StageContext) -> dict[str, Any]:
@@ -54,6 +54,10 @@ def export(ctx: StageContext) -> dict[str, Any]:
     samples = make_samples(model.inputs, model.dynamic_size, max(settings.parity_samples, 1))
     ctx.report(f"exporting the {model.framework} model")
     proto, reference = _convert(model, settings, samples[0])
+    for node in proto.graph.node:
+        # the exporter's per-node stack traces hold this machine's paths and are 10% of a
+        # small model; nothing downstream reads them
+        del node.metadata_props[:]
     path = save_model(proto, ctx.out)
     del proto  # the weights of a large model should not stay in memory twice
     try:
@@ -97,19 +101,6 @@ def _convert(model: Any, settings: Any, sample: Feed) -> tuple[onnx.ModelProto, 
 
 def _import_factory(model: Any) -> Callable[[], Any]:
     """Resolve ``model.factory`` by its explicit dotted path; bind ``model.factory_kwargs``."""
-    module_name, _, attribute = model.factory.partition(":")
-    if not module_name or not attribute:
-        raise RecipeError(f"model.factory '{model.factory}' must look like "
-                          "'package.module:callable'.")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"model.factory '{model.factory}' cannot be imported (modules are "
-                          f"found from the current directory): {exc}") from exc
-    if not callable(target):
-        raise RecipeError(f"model.factory '{model.factory}' is a {type(target).__name__}, "
-                          "not a callable.")
+    target = import_callable(model.factory, "model.factory")
     kwargs = OmegaConf.to_container(model.factory_kwargs, resolve=True)
     return lambda: target(**kwargs)

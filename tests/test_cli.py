@@ -169,3 +169,16 @@ def test_a_killed_run_leaves_nothing_a_later_run_trusts(tmp_path: Path) -> None:
     assert result.code == 0, result.stderr
     assert run_record(tmp_path, "digits_torch")["ok"] is True
     assert not any(staging.iterdir())
+
+
+def test_qat_recovers_what_ptq_loses_on_the_fragile_recipe(tmp_path: Path) -> None:
+    qat = run_cli("recipe=digits_qat", f"run.artifacts_dir={tmp_path}")
+    assert qat.code == 0, qat.stderr
+    qat_drop = json.loads((tmp_path / "digits_qat" / "cpu" / "manifest.json").read_text())[
+        "validation"]["accuracy_drop"]
+    ptq = run_cli("recipe=digits_qat", f"run.artifacts_dir={tmp_path}", "quantize.mode=static")
+    assert ptq.code == 4
+    measured = float(ptq.stderr.split("max_accuracy_drop: measured ")[1].split()[0])
+    assert measured > 0.05
+    assert qat_drop < measured / 3
+    assert statuses(run_record(tmp_path, "digits_qat"))["export"] == "cached"
