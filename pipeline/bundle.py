@@ -118,6 +118,8 @@ def _assemble(plan: Plan, results: dict[str, NodeResult], target: str, chain: li
         "stages": {name: {"key": results[name].key,
                           "digest": results[name].entry.digest}  # type: ignore[union-attr]
                    for name in chain},
+        # settings, nodes kept float and what they cost, when an accuracy budget was set
+        "quantization": _entry(results, "quantize", target).meta["summary"],
         "validation": validate.meta["summary"],
         "samples": _samples_entry(validate.meta["summary"]) if has_samples else None,
         "recipe_resolved": plan.resolved,
