@@ -297,7 +297,6 @@ class SigningConfig:
 
 @dataclass
 class PackageConfig:
-    archive: bool = True
     signing: SigningConfig = field(default_factory=SigningConfig)
     # gate: most nodes the target's accelerator EPs leave to the CPU EP (coverage.json); null = off
     max_cpu_fallback_nodes: int | None = None

@@ -34,8 +34,10 @@ TEMPLATE = Path(__file__).parent / "support" / "load_model_template.py"
 CPU = "CPUExecutionProvider"
 
 
-@stage("package", inputs={"model": "quantize"}, reads=("target", "model.name", "model.inputs",
-       "package"), per_target=True, tools=("onnx", "onnxruntime", "packaging"),
+# signing happens at publish time, so the signing keys stay out of this stage's key
+@stage("package", inputs={"model": "quantize"},
+       reads=("target", "model.name", "model.inputs", "package.max_cpu_fallback_nodes"),
+       per_target=True, tools=("onnx", "onnxruntime", "packaging"),
        version=stage_version(2))
 def package(ctx: StageContext) -> dict[str, Any]:
     """Fit the model to the target, report its coverage, write the bundle's files."""
