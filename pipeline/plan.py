@@ -67,12 +67,12 @@ def build(cfg: DictConfig) -> Plan:
     resolved = _resolve(cfg)
     _check_model(resolved)
     targets = _select_targets(resolved)
+    views = {target: _target_view(cfg, resolved, target) for target in targets}
     nodes: dict[str, Node] = {}
     for kind in PIPELINE:
         spec = REGISTRY[kind]
         for target in targets if spec.per_target else (None,):
-            view = _target_view(cfg, resolved, target) if target else resolved
-            node = _node(spec, view, target)
+            node = _node(spec, views[target] if target else resolved, target)
             nodes[node.name] = node
     return Plan(recipe=resolved["name"], resolved=resolved, targets=targets, nodes=nodes,
                 force=_forced(resolved["run"]["force"], nodes))
