@@ -60,10 +60,6 @@ class EnvironmentProblem(PipelineError):
     label = "environment"
 
 
-EXIT_CODES = {cls.label: cls.exit_code for cls in (StageError, RecipeError, InputError,
-                                                    GateError, EnvironmentProblem)}
-
-
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean 'x'?' when a choice is close to ``word``, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

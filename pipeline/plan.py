@@ -11,7 +11,6 @@ Every check that can fail does so here, before the first expensive step.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import stages  # noqa: F401 -- importing it registers every stage kind
-from pipeline.errors import EnvironmentProblem, RecipeError, did_you_mean
+from pipeline.errors import RecipeError, did_you_mean
 from pipeline.schema import DATASET_SOURCES
 from stages.base import REGISTRY, StageSpec
+from stages.export import require_framework
 
 PIPELINE = ("export", "optimize", "quantize", "validate", "package")
 KNOWN_PROVIDERS = (
@@ -35,7 +35,6 @@ KNOWN_PROVIDERS = (
     "DnnlExecutionProvider", "TvmExecutionProvider", "CANNExecutionProvider",
 )
 DATASET_PATHS = tuple(k for k in DATASET_SOURCES if k.endswith("path"))
-FRAMEWORK_MODULES = {"torch": ("torch", "torch"), "tensorflow": ("tensorflow", "tf")}
 
 
 @dataclass(frozen=True)
@@ -174,11 +173,7 @@ def _check_model(resolved: dict[str, Any]) -> None:
             raise RecipeError(f"{key}: '{value}' does not exist (paths are relative to "
                               f"{Path.cwd()}).")
     _check_dataset_source(resolved["dataset"])
-    if framework in FRAMEWORK_MODULES:
-        module, extra = FRAMEWORK_MODULES[framework]
-        if importlib.util.find_spec(module) is None:
-            raise EnvironmentProblem(f"model.framework={framework} needs {module}: "
-                                     f"pip install -e '.[{extra}]'")
+    require_framework(framework)
 
 
 def _check_dataset_source(dataset: dict[str, Any]) -> None:

@@ -79,17 +79,22 @@ def export(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
+def require_framework(framework: str) -> None:
+    """Fail with the install command when ``framework``'s exporter is not installed."""
+    modules, extra = NEEDS.get(framework, ((), ""))
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise EnvironmentProblem(f"model.framework={framework} needs {module}: "
+                                     f"pip install -e '.[{extra}]'")
+
+
 def _convert(model: Any, settings: Any, sample: Feed) -> tuple[onnx.ModelProto, Reference | None]:
     """(ONNX model, reference that runs the source model); no reference for an ONNX source."""
     if model.framework == "onnx":
         if not model.path:
             raise RecipeError("model.framework=onnx needs model.path, an .onnx file.")
         return load_model(Path(model.path)), None
-    modules, extra = NEEDS[model.framework]
-    for module in modules:
-        if importlib.util.find_spec(module) is None:
-            raise EnvironmentProblem(f"model.framework={model.framework} needs {module}: "
-                                     f"pip install '.[{extra}]'")
+    require_framework(model.framework)
     make = _import_factory(model) if model.factory else None
     if model.framework == "tensorflow":
         return export_tensorflow(make, model, settings, sample)

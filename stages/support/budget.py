@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.errors import GateError, RecipeError
 from stages.support import metrics, onnx_files, sensitivity
+from stages.support.validate_worker import cast_feed
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -202,7 +203,7 @@ def latency_p50(directories: list[Path], feed: Feed, budget: Any) -> list[float]
     burst of load on this shared machine hits every model alike. Timings vary by run, so they
     go only into the stage's returned summary, never into its output files."""
     sessions = [_session(d) for d in directories]
-    feeds = [_feed_for(s, feed) for s in sessions]
+    feeds = [cast_feed(s, feed) for s in sessions]
     for session, inputs in zip(sessions, feeds, strict=True):
         for _ in range(budget.warmup_runs):
             session.run(None, inputs)
@@ -213,18 +214,6 @@ def latency_p50(directories: list[Path], feed: Feed, budget: Any) -> list[float]
             session.run(None, inputs)
             runs.append((time.perf_counter() - start) * 1000.0)
     return [round(float(np.median(runs)), 4) for runs in times]
-
-
-# ONNX Runtime type strings of inputs whose dtype can differ from the recipe's (fp16 models)
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-              "tensor(double)": np.float64}
-
-
-def _feed_for(session: Any, feed: Feed) -> Feed:
-    """Cast float inputs to the session's own type: an fp16 model takes float16 feeds."""
-    types = {i.name: ORT_DTYPES.get(i.type) for i in session.get_inputs()}
-    return {name: a if types.get(name) is None else a.astype(types[name])
-            for name, a in feed.items()}
 
 
 def _outputs(session: Any, feeds: list[Feed]) -> np.ndarray:
@@ -243,7 +232,7 @@ def _outputs(session: Any, feeds: list[Feed]) -> np.ndarray:
         alike = all(len({f[k].shape for f in chunk}) == 1 for k in chunk[0])
         for part in [chunk] if alike else [[f] for f in chunk]:
             batch = {k: np.concatenate([f[k] for f in part]) for k in part[0]}
-            runs.append(session.run([name], _feed_for(session, batch))[0])
+            runs.append(session.run([name], cast_feed(session, batch))[0])
     return np.concatenate(runs).astype(np.float64)
 
 

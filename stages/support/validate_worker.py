@@ -150,7 +150,7 @@ def _placement(session: Any, method: str | None, feed: Feed) -> dict[str, Any] |
 
 def _profiled_placement(session: Any, feed: Feed) -> dict[str, Any]:
     """Older onnxruntime: one profiled run; a compiled EP shows as one kernel per subgraph."""
-    session.run(None, _cast(session, feed))
+    session.run(None, cast_feed(session, feed))
     trace = Path(session.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink(missing_ok=True)
@@ -171,7 +171,7 @@ def _tally(method: str, unit: str, placed: list[tuple[str, str, str]]) -> dict[s
                           for ep, name, op in placed if ep == CPU]}
 
 
-def _cast(session: Any, feed: Feed) -> Feed:
+def cast_feed(session: Any, feed: Feed) -> Feed:
     """Cast float inputs to the session's own type: an fp16 candidate takes float16 feeds."""
     types = {i.name: ORT_DTYPES.get(i.type) for i in session.get_inputs()}
     return {name: a if types.get(name) is None else a.astype(types[name])
@@ -183,7 +183,7 @@ def _outputs(session: Any, feeds: list[Feed], which: str | int,
     """``which``: "all" samples' first output, or "none"; ``keep``: samples with every output."""
     names = [o.name for o in session.get_outputs()]
     count = len(feeds) if which == "all" else keep
-    runs = [session.run(None, _cast(session, feed)) for feed in feeds[:count]]
+    runs = [session.run(None, cast_feed(session, feed)) for feed in feeds[:count]]
     arrays = {f"{i}|{name}": value for i, run in enumerate(runs[:keep])
               for name, value in zip(names, run, strict=True)}
     if which == "all":
@@ -193,7 +193,7 @@ def _outputs(session: Any, feeds: list[Feed], which: str | int,
 
 def _latency(session: Any, feed: Feed, request: dict[str, Any]) -> dict[str, float]:
     """p50/p90 wall time in ms of one batch-1 run, after warmup (first runs allocate memory)."""
-    feed = _cast(session, feed)
+    feed = cast_feed(session, feed)
     for _ in range(request.get("warmup_runs", 3)):
         session.run(None, feed)
     times = []
