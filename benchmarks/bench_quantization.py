@@ -57,7 +57,7 @@ def load_data(recipe: str) -> Any:
     from omegaconf import OmegaConf
 
     from pipeline.cli import BUNDLED_RECIPES, register_primary_config
-    from stages.support.datasets import load_dataset
+    from stages.common.datasets.splits import load_dataset
 
     register_primary_config()
     with initialize_config_dir(config_dir=str(BUNDLED_RECIPES), version_base="1.3"):
@@ -73,7 +73,7 @@ def quantize_default(fp32: Path, out: Path, feeds: list[Any]) -> Path:
     """``quantize_static`` with every knob left at its default (no pre-processing either)."""
     from onnxruntime.quantization import quantize_static
 
-    from stages.support.ptq import feed_reader
+    from stages.quantize.ptq import feed_reader
 
     out.mkdir(parents=True)
     quantize_static(str(fp32 / "model.onnx"), str(out / "model.onnx"), feed_reader(feeds))
@@ -131,7 +131,7 @@ def outputs(sessions: dict[str, Any], feeds: list[Any]) -> dict[str, Any]:
 
 
 def model_bytes(folder: Path) -> int:
-    from stages.support.onnx_files import model_size
+    from stages.common.onnx_files import model_size
 
     return model_size(folder)
 

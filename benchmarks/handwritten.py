@@ -200,7 +200,7 @@ def build(name: str, out: Path) -> dict[str, float]:
     import onnx
     from omegaconf import OmegaConf
 
-    from stages.support.datasets import load_dataset
+    from stages.common.datasets.splits import load_dataset
 
     recipe, work, timings = RECIPES[name], out / "work", {}
     work.mkdir(parents=True)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import PipelineError, StageError
 from pipeline.keys import cache_key, key_payload
-from stages.base import StageContext
+from pipeline.registry import StageContext
 
 if TYPE_CHECKING:
     from pathlib import Path

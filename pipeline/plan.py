@@ -20,9 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 import stages  # noqa: F401 -- importing it registers every stage kind
 from pipeline.errors import RecipeError, did_you_mean
+from pipeline.registry import REGISTRY, StageSpec
 from pipeline.schema import DATASET_SOURCES
-from stages.base import REGISTRY, StageSpec
-from stages.export import require_framework
+from stages.export.stage import require_framework
 
 PIPELINE = ("export", "optimize", "quantize", "validate", "package")
 KNOWN_PROVIDERS = (

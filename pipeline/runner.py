@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import bundle, executor, plan
+from pipeline import executor, plan
+from pipeline.bundle import publish as bundle
+from pipeline.bundle.signing import signing_key
 from pipeline.cache import Cache, Entry
 from pipeline.keys import cache_key, key_payload
 from pipeline.progress import LiveDisplay, summary_table
-from pipeline.signing import signing_key
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import MISSING
 
 # the target section lives in its own module; OmegaConf needs the class at run time
-from pipeline.schema_target import TargetConfig  # noqa: TC001
+from pipeline.targets import TargetConfig  # noqa: TC001
 
 
 class Framework(Enum):

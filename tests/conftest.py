@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from omegaconf import OmegaConf
 
-from stages.base import StageContext
+from pipeline.registry import StageContext
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -5,8 +5,8 @@ signature.json, load_model.py), validate's ``samples.npz`` (sample inputs and th
 validated model gave for them), a ``requirements.txt`` pinning the device's onnxruntime, and
 ``manifest.json`` (the equivalent of ``dvc.lock``: which stage keys produced the bundle, the
 environment that built it, and the sha256 of every other file). With a signing key configured
-(see ``pipeline.signing``) ``model.sig`` signs all of it, manifest included. ``<target>.tar.gz``
-and its ``.sha256`` go beside the folder.
+(see ``pipeline.bundle.signing``) ``model.sig`` signs all of it, manifest included.
+``<target>.tar.gz`` and its ``.sha256`` go beside the folder.
 
 The new bundle is assembled aside and swapped in with renames, so a reader sees the old bundle
 or the new one, never a mix; a build that failed never reaches this step. An unchanged bundle is
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from pipeline import signing
+from pipeline.bundle import signing
 from pipeline.errors import StageError
 from pipeline.hashing import DigestState, file_digests, list_files, sha256_file
 from pipeline.keys import tool_version

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python -m recipes.zoo.train_digits``. Writes
 ``digits_cnn.pt`` (a torch state dict) and ``digits_cnn.keras``. Both train only on the
-samples that ``stages/support/datasets.py`` leaves out of its calibration and evaluation
+samples that ``stages/common/datasets/splits.py`` leaves out of its calibration and evaluation
 splits (with the default seed and sizes), so the evaluation accuracy edgekiln reports is honest.
 """
 

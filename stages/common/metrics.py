@@ -11,7 +11,7 @@ from pipeline.errors import RecipeError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from stages.support.datasets import Feed
+    from stages.common.datasets.splits import Feed
 
 RTOL = 1e-3
 # the smallest absolute tolerance, relative to the largest expected output value

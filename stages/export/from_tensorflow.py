@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from stages.support.datasets import Feed
-    from stages.support.export_torch import Reference
+    from stages.common.datasets.splits import Feed
+    from stages.export.from_torch import Reference
 
 
 def export_tensorflow(make: Callable[[], Any] | None, model: Any, export: Any,

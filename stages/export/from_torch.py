@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from stages.support.datasets import Feed
+    from stages.common.datasets.splits import Feed
 
     # runs the source model on one feed and returns its outputs, flattened in graph order
     Reference = Callable[[Feed], list[np.ndarray]]

@@ -16,26 +16,26 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from pipeline.errors import EnvironmentProblem, RecipeError, StageError
-from stages.base import StageContext, stage
-from stages.support.export_checks import (
+from pipeline.registry import StageContext, stage
+from stages.common.factories import import_callable
+from stages.common.onnx_files import load_model, save_model
+from stages.export.checks import (
     check_signature,
     describe,
     graph_inputs,
     make_samples,
     parity,
 )
-from stages.support.export_tf import export_tensorflow
-from stages.support.export_torch import export_torch
-from stages.support.factories import import_callable
-from stages.support.onnx_files import load_model, save_model
+from stages.export.from_tensorflow import export_tensorflow
+from stages.export.from_torch import export_torch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import onnx
 
-    from stages.support.datasets import Feed
-    from stages.support.export_torch import Reference
+    from stages.common.datasets.splits import Feed
+    from stages.export.from_torch import Reference
 
 # modules each framework needs, and the extra of pyproject.toml that installs them
 NEEDS = {"torch": (("torch", "onnxscript"), "torch"),

@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stages.base import stage
-from stages.support import onnx_files
+from pipeline.registry import stage
+from stages.common import onnx_files
 
 if TYPE_CHECKING:
-    from stages.base import StageContext
+    from pipeline.registry import StageContext
 
 log = logging.getLogger(__name__)
 

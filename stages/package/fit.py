@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError, StageError
-from stages.support import onnx_files
+from stages.common import onnx_files
 
 if TYPE_CHECKING:
     import onnx

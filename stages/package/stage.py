@@ -25,12 +25,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from stages.base import StageContext, stage
-from stages.support import compat, coverage
-from stages.support.onnx_files import MODEL_FILE, copy_model
-from stages.support.op_tables import stage_version
+from pipeline.registry import StageContext, stage
+from stages.common.onnx_files import MODEL_FILE, copy_model
+from stages.package import coverage
+from stages.package import fit as compat
+from stages.package.op_tables import stage_version
 
-TEMPLATE = Path(__file__).parent / "support" / "load_model_template.py"
+TEMPLATE = Path(__file__).resolve().parents[2] / "pipeline" / "bundle" / "device_loader.py"
 CPU = "CPUExecutionProvider"
 
 

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import GateError, RecipeError
-from stages.support import metrics, onnx_files, sensitivity
-from stages.support.validate_worker import cast_feed
+from stages.common import metrics, onnx_files
+from stages.common.ort_worker import cast_feed
+from stages.quantize import sensitivity
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from stages.support.datasets import Feed, Split
-    from stages.support.ptq import Quantizer
+    from stages.common.datasets.splits import Feed, Split
+    from stages.quantize.ptq import Quantizer
 
 KEY = "quantize.accuracy_budget"
 CPU = ["CPUExecutionProvider"]

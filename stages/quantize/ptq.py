@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError, did_you_mean
-from stages.optimize import model_stats
-from stages.support import onnx_files
+from stages.common import onnx_files
+from stages.optimize.stage import model_stats
 
 if TYPE_CHECKING:
-    from stages.support.datasets import Feed
+    from stages.common.datasets.splits import Feed
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import EnvironmentProblem, RecipeError
-from stages.support import onnx_files
+from stages.common import onnx_files
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from stages.support.datasets import Feed, Split
+    from stages.common.datasets.splits import Feed, Split
 
 LIBRARY = "torchao"
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -48,7 +48,7 @@ def quantize_aware(config: Any, model_dir: Path, out: Path,
         split) next to the FP32 accuracy, quantization op counts and sizes.
     """
     settings = check(config)
-    from stages.support.datasets import load_dataset
+    from stages.common.datasets.splits import load_dataset
 
     data = load_dataset(config.dataset, config.model.inputs)
     training = data.training
@@ -57,7 +57,7 @@ def quantize_aware(config: Any, model_dir: Path, out: Path,
     arrays = _stack(training.feeds, names)
     report(f"QAT: fine-tuning on {len(training.feeds)} samples for "
            f"{config.quantize.qat.epochs} epochs ({LIBRARY})")
-    from stages.support import qat_torch
+    from stages.quantize import qat_torch
 
     trained = qat_torch.fine_tune(config, arrays, training.labels, report)
     onnx_files.save_model(trained.model, out)
@@ -131,7 +131,7 @@ def _stack(feeds: Sequence[Feed], names: list[str]) -> dict[str, np.ndarray]:
 
 def _scores(fp32: Path, qat: Path, evaluation: Split) -> dict[str, Any]:
     """Accuracy (with labels) and top-1 agreement of both models on the evaluation split."""
-    from stages.support import metrics
+    from stages.common import metrics
 
     reference, candidate = _outputs(fp32, evaluation.feeds), _outputs(qat, evaluation.feeds)
     scores = metrics.accuracy(candidate, reference, evaluation.labels)
@@ -151,7 +151,7 @@ def _outputs(directory: Path, feeds: Sequence[Feed]) -> np.ndarray:
 
 
 def _sizes(fp32: Path, qat: Path) -> dict[str, Any]:
-    from stages.optimize import model_stats
+    from stages.optimize.stage import model_stats
 
     before, after = model_stats(fp32), model_stats(qat)
     ops = {name: count for op, count in after["ops"].items()

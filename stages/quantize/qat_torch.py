@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError
-from stages.support.export_checks import make_samples
-from stages.support.export_torch import _dynamic_shapes, _flatten, load_checkpoint
+from stages.export.checks import make_samples
+from stages.export.from_torch import _dynamic_shapes, _flatten, load_checkpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -88,7 +88,7 @@ def build_module(model: Any) -> Any:
     """The recipe's nn.Module from ``model.factory`` with ``model.checkpoint``, in eval mode."""
     import torch
 
-    from stages.export import _import_factory
+    from stages.export.stage import _import_factory
 
     if not model.factory:
         raise RecipeError("quantize.mode=qat needs model.factory ('package.module:callable' "

@@ -17,16 +17,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.errors import GateError, RecipeError
 from pipeline.schema import QuantizeConfig
-from stages.support import budget as budgets
-from stages.support import ptq
-from stages.support.onnx_files import model_size
+from stages.common.onnx_files import model_size
+from stages.quantize import budget as budgets
+from stages.quantize import ptq
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from stages.support.budget import Heldout, Trial
-    from stages.support.datasets import Feed
-    from stages.support.ptq import Quantizer
+    from stages.common.datasets.splits import Feed
+    from stages.quantize.budget import Heldout, Trial
+    from stages.quantize.ptq import Quantizer
 
 KEY = "quantize.search.candidates"
 # latencies within this fraction of the fastest count as a tie (measured noise here: ~5-25%)
@@ -136,7 +136,7 @@ def write(out: Path, rows: list[dict[str, Any]], budget: Any) -> None:
     They hold latencies, so unlike quantize.json they differ from run to run: the winner itself
     is chosen by measured speed, so a search's output cannot be byte-stable anyway.
     """
-    from stages.support import plot
+    from stages.quantize import plot
 
     reference, rows = rows[0], rows[1:]
     document = {"budget": budgets.limits(budget), "fp32": reference, "candidates": rows}

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stages.support import onnx_files
-from stages.support.ptq import feed_reader
+from stages.common import onnx_files
+from stages.quantize.ptq import feed_reader
 
 if TYPE_CHECKING:
-    from stages.support.datasets import Feed
+    from stages.common.datasets.splits import Feed
 
 
 @dataclass(frozen=True)

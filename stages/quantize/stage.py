@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError
+from pipeline.registry import stage
 from pipeline.schema import DATASET_SOURCES
-from stages.base import stage
-from stages.optimize import model_stats
-from stages.support import onnx_files
+from stages.common import onnx_files
+from stages.optimize.stage import model_stats
 
 if TYPE_CHECKING:
-    from stages.base import StageContext
-    from stages.support.datasets import Dataset
-    from stages.support.ptq import Quantizer
+    from pipeline.registry import StageContext
+    from stages.common.datasets.splits import Dataset
+    from stages.quantize.ptq import Quantizer
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
     """
     cfg = ctx.config.quantize
     if cfg.mode == "qat":
-        from stages.support.qat import quantize_aware
+        from stages.quantize.qat import quantize_aware
 
         summary = quantize_aware(ctx.config, ctx.inputs["model"], ctx.out, ctx.report)
         _write_summary(ctx.out, {**summary, **_compare(ctx.inputs["model"], ctx.out)})
@@ -84,7 +84,7 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
         (ctx.out / "quantize_report.json").write_text(
             json.dumps(outcome.report, indent=2, sort_keys=True) + "\n")
     if outcome.rows:
-        from stages.support import search
+        from stages.quantize import search
 
         search.write(ctx.out, outcome.rows, cfg.accuracy_budget)
     return summary
@@ -97,8 +97,8 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
 
 
 def _ptq(ctx: StageContext, work: Path) -> Outcome:
-    from stages.support import budget, search
-    from stages.support.ptq import Quantizer
+    from stages.quantize import budget, search
+    from stages.quantize.ptq import Quantizer
 
     cfg = ctx.config.quantize
     variants = search.variants(cfg)  # every candidate checked before anything slow runs
@@ -130,7 +130,7 @@ def _ptq(ctx: StageContext, work: Path) -> Outcome:
 
 def _aware(ctx: StageContext, quantizer: Quantizer, variants: list[tuple[str, dict, str]],
            data: Dataset) -> Outcome:
-    from stages.support import budget, search
+    from stages.quantize import budget, search
 
     limits = ctx.config.quantize.accuracy_budget
     held = budget.heldout(data.evaluation, ctx.inputs["model"], limits, ctx.config.dataset.kind)
@@ -161,7 +161,7 @@ def _aware(ctx: StageContext, quantizer: Quantizer, variants: list[tuple[str, di
 
 def _latency(held: Any, first: Any, winner: Any, limits: Any) -> dict[str, float]:
     """p50 of FP32, the fully quantized model and the shipped one, and what float nodes cost."""
-    from stages.support import budget
+    from stages.quantize import budget
 
     models = [held.fp32, first.directory] + ([winner.directory] if winner is not first else [])
     fp32, quantized, *shipped = budget.latency_p50(models, held.feeds[0], limits)
@@ -171,7 +171,7 @@ def _latency(held: Any, first: Any, winner: Any, limits: Any) -> dict[str, float
 
 
 def _dataset(ctx: StageContext) -> Dataset:
-    from stages.support.datasets import load_dataset
+    from stages.common.datasets.splits import load_dataset
 
     return load_dataset(ctx.config.dataset, ctx.config.model.inputs)
 

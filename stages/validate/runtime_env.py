@@ -288,7 +288,7 @@ class TargetRuntime:
     def run(self, request: dict[str, Any], feeds: list[Any],
             target: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
         """The worker's result, arrays and (from a subprocess) stderr for ``request``."""
-        from stages.support import validate_worker
+        from stages.common import ort_worker as validate_worker
 
         if self.python is None:
             return (*validate_worker.run_request(request, feeds), "")

@@ -1,8 +1,8 @@
 """Compare a target's candidate model with the FP32 reference on the target's own runtime.
 
 Each target's checks run with its onnxruntime distribution: in this process when that is the
-host's, else in an isolated environment built once (``stages/support/runtime_env.py``) and
-driven through ``stages/support/validate_worker.py`` in a subprocess. The report says which
+host's, else in an isolated environment built once (``stages/validate/runtime_env.py``) and
+driven through ``stages/common/ort_worker.py`` in a subprocess. The report says which
 EP really ran, where every node went and, plainly, when the target's first-choice EP could not
 run here: numbers measured on CPU for a TensorRT target are a parity check, not a device
 benchmark. The FP32 outputs everything is compared with always come from the host's CPU EP.
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 
 from pipeline.errors import GateError, RecipeError
+from pipeline.registry import StageContext, stage
 from pipeline.schema import DATASET_SOURCES
-from stages.base import StageContext, stage
-from stages.support.onnx_files import model_file, model_size
+from stages.common.onnx_files import model_file, model_size
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from stages.support.runtime_env import TargetRuntime
+    from stages.validate.runtime_env import TargetRuntime
 
 log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
@@ -47,9 +47,9 @@ GATES = {
        exclusive=True, version=2)
 def validate(ctx: StageContext) -> dict[str, Any]:
     """Measure agreement, accuracy, latency, placement and size; raise if a gate fails."""
-    from stages.support import metrics
-    from stages.support.datasets import load_dataset
-    from stages.support.runtime_env import TargetRuntime
+    from stages.common import metrics
+    from stages.common.datasets.splits import load_dataset
+    from stages.validate.runtime_env import TargetRuntime
 
     cfg = ctx.config.validate
     split = load_dataset(ctx.config.dataset, ctx.config.model.inputs).evaluation
@@ -94,7 +94,9 @@ def _target_section(target: Any, name: str | None) -> dict[str, Any]:
 def _measure(ctx: StageContext, runtime: TargetRuntime, report: dict[str, Any],
              feeds: list[Any]) -> dict[str, np.ndarray]:
     """Candidate and reference on the target's runtime; FP32 truth from the host's CPU EP."""
-    from stages.support import metrics, runtime_env, validate_worker
+    from stages.common import metrics
+    from stages.common import ort_worker as validate_worker
+    from stages.validate import runtime_env
 
     cfg = ctx.config.validate
     keep = _keep(cfg, feeds)
@@ -188,7 +190,7 @@ def _fallback_only(placement: dict[str, Any] | None, first: str,
 
 
 def _why_absent(ep: str, runtime: TargetRuntime, available: list[str], stderr: str) -> str:
-    from stages.support.runtime_env import ep_blocker
+    from stages.validate.runtime_env import ep_blocker
 
     if ep in available:
         # onnxruntime logs why it dropped the EP: "...[E:onnxruntime...] ... [OpenVINO] why"
@@ -236,7 +238,7 @@ def _names(nodes: list[dict[str, str]], limit: int = 12) -> str:
 def _samples(ctx: StageContext, report: dict[str, Any], feeds: list[Any],
              measured: dict[str, np.ndarray]) -> dict[str, Any]:
     """samples.npz: a few inputs with the candidate's outputs on the EP that ran, + tolerances."""
-    from stages.support import metrics
+    from stages.common import metrics
 
     keep = _keep(ctx.config.validate, feeds)
     expected = [_sample(measured, "candidate", i) for i in range(keep)]

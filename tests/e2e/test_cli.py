@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.cli import run_cli, run_record, statuses
+from tests.fixtures.cli import run_cli, run_record, statuses
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -132,7 +132,7 @@ def test_concurrent_runs_share_work_without_duplicating_it(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    from tests.cli import _PROBE, ROOT
+    from tests.fixtures.cli import _PROBE, ROOT
 
     cache = tmp_path / "cache"
     procs = [subprocess.Popen([sys.executable, "-c", _PROBE, "recipe=digits_torch",
@@ -153,7 +153,7 @@ def test_a_killed_run_leaves_nothing_a_later_run_trusts(tmp_path: Path) -> None:
     import sys
     import time
 
-    from tests.cli import _PROBE, ROOT
+    from tests.fixtures.cli import _PROBE, ROOT
 
     cmd = [sys.executable, "-c", _PROBE, "recipe=digits_torch", f"run.artifacts_dir={tmp_path}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.cli import run_cli, run_record, statuses
+from tests.fixtures.cli import run_cli, run_record, statuses
 
 if TYPE_CHECKING:
     from pathlib import Path

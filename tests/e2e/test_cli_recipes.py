@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.cli import run_cli, run_record, statuses
+from tests.fixtures.cli import run_cli, run_record, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_multirun_builds_both_digits_recipes(tmp_path: Path) -> None:
         assert record["ok"] is True
         assert set(statuses(record).values()) <= {"ran", "cached"}
         assert record["bundles"]["cpu"].endswith(f"{recipe}/cpu")
-    assert not (Path(__file__).parent.parent / "multirun").exists()
+    assert not (Path(__file__).resolve().parents[2] / "multirun").exists()
 
 
 def test_pickled_checkpoint_is_refused_with_exit_3(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_missing_file_is_a_recipe_error_naming_the_key(tmp_path: Path) -> None:
 def test_readme_documents_every_bundled_recipe() -> None:
     listed = run_cli("--list-recipes").stdout.split()
     assert {"digits_keras", "digits_torch", "resnet_jetson"} <= set(listed)
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "python -m pipeline recipe=resnet_jetson" in readme
     for recipe in listed:
         assert f"| `{recipe}` |" in readme, recipe

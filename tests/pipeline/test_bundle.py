@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.bundle import _Bundle, _recover, _requirements, _runtime, _write_bundle
+from pipeline.bundle.publish import _Bundle, _recover, _requirements, _runtime, _write_bundle
 from pipeline.errors import StageError
 from pipeline.hashing import DigestState
-from tests.bundles import build, bundle_of, sha256
+from tests.fixtures.bundles import build, bundle_of, sha256
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -10,7 +10,7 @@ from pipeline.cache import Cache
 from pipeline.errors import GateError
 from pipeline.executor import NodeResult, run
 from pipeline.plan import Node, Plan
-from stages.base import StageContext, StageSpec
+from pipeline.registry import StageContext, StageSpec
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from stages.support import load_model_template as loader
-from tests.bundles import build, bundle_of, copy_bundle, relist
+from pipeline.bundle import device_loader as loader
+from tests.fixtures.bundles import build, bundle_of, copy_bundle, relist
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pipeline import signing
+from pipeline.bundle import device_loader as loader
+from pipeline.bundle import signing
 from pipeline.errors import EnvironmentProblem, InputError, RecipeError
-from stages.support import load_model_template as loader
-from tests.bundles import build, bundle_of, copy_bundle, relist, sha256
-from tests.cli import run_cli
+from tests.fixtures.bundles import build, bundle_of, copy_bundle, relist, sha256
+from tests.fixtures.cli import run_cli
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -18,8 +18,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from pipeline.errors import InputError
-from stages.support import dataset_images
-from stages.support.factories import import_callable
+from stages.common.datasets import images as dataset_images
+from stages.common.factories import import_callable
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -21,8 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.errors import InputError, RecipeError
 from pipeline.schema import DatasetConfig
-from stages.support import dataset_images, dataset_sources
-from stages.support.dataset_sources import Feed, Pool
+from stages.common.datasets import images as dataset_images
+from stages.common.datasets import sources as dataset_sources
+from stages.common.datasets.sources import Feed, Pool
 
 SPLITS = ("calibration", "evaluation", "training")
 FILE_KINDS = ("npz", "npy", "images")

@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dataset_helpers import TABLE, TOKENS, load, write_png, write_table
 
 from pipeline.errors import InputError, RecipeError
 from pipeline.schema import DATASET_SOURCES
+from tests.fixtures.dataset_helpers import TABLE, TOKENS, load, write_png, write_table
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # --- bad data ---------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_bad_image_folders(tmp_path: Path, setup: Any, error: type[Exception],
 # --- cache keys -------------------------------------------------------------------------------
 
 def test_every_stage_reading_the_dataset_digests_its_content() -> None:
-    from stages.base import REGISTRY
+    from pipeline.registry import REGISTRY
 
     readers = [spec for spec in REGISTRY.values() if "dataset" in spec.reads]
     assert {spec.kind for spec in readers} >= {"quantize", "validate"}

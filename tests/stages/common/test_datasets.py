@@ -7,11 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_helpers import TABLE, TOKENS, assert_disjoint, load, row, write_png, write_table
 from PIL import Image
 
 from pipeline.errors import InputError, RecipeError
-from stages.support.datasets import SPLITS
+from stages.common.datasets.splits import SPLITS
+from tests.fixtures.dataset_helpers import (
+    TABLE,
+    TOKENS,
+    assert_disjoint,
+    load,
+    row,
+    write_png,
+    write_table,
+)
 
 # --- digits -----------------------------------------------------------------------------------
 
@@ -55,7 +63,7 @@ def test_digits_resize_crop_per_channel_stats_and_layout() -> None:
 
 
 def test_split_shapes_only_the_samples_it_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages.support import dataset_sources
+    from stages.common.datasets import sources as dataset_sources
 
     shaped = []
     original = dataset_sources._shape_digits

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from export_models import save_onnx_affine, save_tf_module
 
 from pipeline.errors import InputError, RecipeError, StageError
-from stages.export import export
-from stages.support.export_torch import load_checkpoint
-from stages.support.onnx_files import WEIGHTS_FILE, load_model, model_file
+from stages.common.onnx_files import WEIGHTS_FILE, load_model, model_file
+from stages.export.from_torch import load_checkpoint
+from stages.export.stage import export
+from tests.fixtures.export_models import save_onnx_affine, save_tf_module
 
-ZOO = Path(__file__).resolve().parents[2] / "recipes" / "zoo"
+ZOO = Path(__file__).resolve().parents[3] / "recipes" / "zoo"
 EXPORT = {"opset": 18, "parity_samples": 2, "parity_atol": 1e-4, "parity_rtol": 1e-3}
 DIGITS_NCHW = [{"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
 AFFINE = [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}]

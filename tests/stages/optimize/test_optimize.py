@@ -13,8 +13,8 @@ import pytest
 from conftest import make_context
 from onnx import TensorProto, helper, numpy_helper
 
-from stages.optimize import optimize
-from stages.support.onnx_files import WEIGHTS_FILE, load_model, model_file, save_model
+from stages.common.onnx_files import WEIGHTS_FILE, load_model, model_file, save_model
+from stages.optimize.stage import optimize
 
 if TYPE_CHECKING:
     from pathlib import Path

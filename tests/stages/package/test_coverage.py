@@ -19,15 +19,16 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline import plan
 from pipeline.errors import GateError, RecipeError
 from pipeline.schema import TargetConfig
-from stages.package import package
-from stages.support import compat, coverage
-from stages.support.onnx_files import save_model
-from stages.support.op_tables import tables
+from stages.common.onnx_files import save_model
+from stages.package import coverage
+from stages.package import fit as compat
+from stages.package.op_tables import tables
+from stages.package.stage import package
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-TARGETS = Path(__file__).resolve().parents[2] / "recipes" / "target"
+TARGETS = Path(__file__).resolve().parents[3] / "recipes" / "target"
 INPUTS = [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 16, 16],
            "low": 0.0, "high": 1.0}]
 

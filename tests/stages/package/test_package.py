@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from digits_models import INPUTS, DigitsModels, digits_models, export_torch, mlp
 from omegaconf import OmegaConf
 
+from pipeline.bundle.device_loader import check_feed, random_feed
 from pipeline.schema import TargetConfig
-from stages.package import TEMPLATE, package
-from stages.support.load_model_template import check_feed, random_feed
-from stages.support.onnx_files import EXTERNAL_DATA_THRESHOLD
+from stages.common.onnx_files import EXTERNAL_DATA_THRESHOLD
+from stages.package.stage import TEMPLATE, package
+from tests.fixtures.digits_models import INPUTS, DigitsModels, digits_models, export_torch, mlp
 
-TARGETS = Path(__file__).resolve().parents[2] / "recipes" / "target"
+TARGETS = Path(__file__).resolve().parents[3] / "recipes" / "target"
 CPU = {"name": "CPUExecutionProvider", "options": {}}
 TRT = {"name": "TensorrtExecutionProvider", "options": {"trt_fp16_enable": True,
                                                         "trt_max_workspace_size": 1 << 30}}

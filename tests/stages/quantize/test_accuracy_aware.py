@@ -15,14 +15,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import make_context
-from digits_models import INPUT
 from omegaconf import OmegaConf
-from zoo_digits import stage_config, zoo_cnn
 
 from pipeline.errors import GateError, RecipeError
-from stages.quantize import quantize
-from stages.support.datasets import load_dataset
-from stages.support.onnx_files import model_file
+from stages.common.datasets.splits import load_dataset
+from stages.common.onnx_files import model_file
+from stages.quantize.stage import quantize
+from tests.fixtures.digits_models import INPUT
+from tests.fixtures.zoo_digits import stage_config, zoo_cnn
 
 if TYPE_CHECKING:
     from pathlib import Path

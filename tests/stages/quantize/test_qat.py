@@ -19,11 +19,11 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import RecipeError
 from pipeline.schema import QuantizeConfig
-from stages.export import export
-from stages.optimize import optimize
-from stages.support.datasets import load_dataset
-from stages.support.onnx_files import model_file
-from stages.support.qat import quantize_aware
+from stages.common.datasets.splits import load_dataset
+from stages.common.onnx_files import model_file
+from stages.export.stage import export
+from stages.optimize.stage import optimize
+from stages.quantize.qat import quantize_aware
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 pytest.importorskip("torch")
 pytest.importorskip("torchao")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPES = ROOT / "recipes"
 CHECKPOINT = RECIPES / "zoo" / "digits_cnn_unbalanced.pt"
 MODEL = {"name": "digits_cnn", "framework": "torch", "factory": "recipes.zoo.digits:digits_cnn",

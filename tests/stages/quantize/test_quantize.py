@@ -12,15 +12,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import make_context
-from digits_models import INPUT, INPUTS, digits_models, export_torch
 from omegaconf import OmegaConf
-from zoo_digits import stage_config
 
 from pipeline.errors import InputError, RecipeError
-from stages.optimize import optimize
-from stages.quantize import quantize
-from stages.support.datasets import load_dataset
-from stages.support.onnx_files import WEIGHTS_FILE, load_model, model_file
+from stages.common.datasets.splits import load_dataset
+from stages.common.onnx_files import WEIGHTS_FILE, load_model, model_file
+from stages.optimize.stage import optimize
+from stages.quantize.stage import quantize
+from tests.fixtures.digits_models import INPUT, INPUTS, digits_models, export_torch
+from tests.fixtures.zoo_digits import stage_config
 
 if TYPE_CHECKING:
     from pathlib import Path

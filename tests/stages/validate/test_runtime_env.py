@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from digits_models import INPUT
 
 from pipeline.errors import EnvironmentProblem, RecipeError
-from stages.support import runtime_env, validate_worker
-from stages.support.runtime_env import MARKER, choose_runtime, ensure_env, env_key
+from stages.common import ort_worker as validate_worker
+from stages.validate import runtime_env
+from stages.validate.runtime_env import MARKER, choose_runtime, ensure_env, env_key
+from tests.fixtures.digits_models import INPUT
 
 if TYPE_CHECKING:
     from pathlib import Path

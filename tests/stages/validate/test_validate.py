@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from digits_models import DIGITS, INPUT, INPUTS, DigitsModels, digits_models
 
 from pipeline.errors import GateError, RecipeError
-from stages.support import runtime_env
-from stages.support.onnx_files import model_file, save_model
-from stages.validate import validate
+from stages.common.onnx_files import model_file, save_model
+from stages.validate import runtime_env
+from stages.validate.stage import validate
+from tests.fixtures.digits_models import DIGITS, INPUT, INPUTS, DigitsModels, digits_models
 
 OV = "OpenVINOExecutionProvider"
 CPU_EP = {"name": "CPUExecutionProvider", "options": {}}

@@ -1,0 +1,1 @@
+"""Calibration, evaluation and training samples from a recipe's ``dataset`` section."""

@@ -1,0 +1,1 @@
+"""Stage kind ``optimize``: shape inference and graph optimization of an ONNX model."""

@@ -1,0 +1,1 @@
+"""Stage kind ``quantize``: post-training (static, dynamic, FP16) and quantization-aware."""

@@ -1,0 +1,1 @@
+"""Stage kind ``validate``: a candidate against its FP32 reference on the target runtime."""
