@@ -7,8 +7,9 @@ needs travels with it through every stage, checksum and bundle.
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 
@@ -104,3 +105,33 @@ def copy_model(source: Path, destination: Path) -> Path:
 def model_size(directory: Path) -> int:
     """Bytes on disk of the model and its external data."""
     return sum(f.stat().st_size for f in model_files(directory))
+
+
+def model_stats(directory: Path) -> dict[str, Any]:
+    """Node count, op-type histogram and bytes on disk (external data included) of a model dir.
+
+    Nodes of subgraphs (If/Loop/Scan bodies) count too. Ops outside the default ONNX domain
+    are keyed ``domain:Op`` so contrib ops stand out.
+    """
+    import onnx
+
+    size = model_size(directory)  # also refuses external data outside the folder
+    model = onnx.load(str(model_file(directory)), load_external_data=False)
+    ops: Counter[str] = Counter()
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+            ops[f"{domain}:{node.op_type}" if domain else node.op_type] += 1
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
+    return {"nodes": sum(ops.values()), "size": size, "ops": dict(sorted(ops.items()))}
+
+
+def default_opset(directory: Path) -> int:
+    """The ai.onnx opset the model in ``directory`` imports."""
+    import onnx
+
+    model = onnx.load(str(model_file(directory)), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

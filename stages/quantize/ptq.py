@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError, did_you_mean
 from stages.common import onnx_files
-from stages.optimize.stage import model_stats
+from stages.common.onnx_files import model_stats
 
 if TYPE_CHECKING:
     from stages.common.datasets.splits import Feed

@@ -59,7 +59,9 @@ def quantize_aware(config: Any, model_dir: Path, out: Path,
            f"{config.quantize.qat.epochs} epochs ({LIBRARY})")
     from stages.quantize import qat_torch
 
-    trained = qat_torch.fine_tune(config, arrays, training.labels, report)
+    # the opset of the model it replaces, which export chose
+    opset = onnx_files.default_opset(model_dir)
+    trained = qat_torch.fine_tune(config, arrays, training.labels, report, opset)
     onnx_files.save_model(trained.model, out)
     report("QAT: scoring the QDQ model in onnxruntime")
     scores = _scores(model_dir, out, data.evaluation)
@@ -151,7 +153,7 @@ def _outputs(directory: Path, feeds: Sequence[Feed]) -> np.ndarray:
 
 
 def _sizes(fp32: Path, qat: Path) -> dict[str, Any]:
-    from stages.optimize.stage import model_stats
+    from stages.common.onnx_files import model_stats
 
     before, after = model_stats(fp32), model_stats(qat)
     ops = {name: count for op, count in after["ops"].items()

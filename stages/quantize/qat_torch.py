@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError
-from stages.export.checks import make_samples
-from stages.export.from_torch import _dynamic_shapes, _flatten, load_checkpoint
+from stages.common.sample_inputs import make_samples
+from stages.common.torch_models import dynamic_shapes, flatten, load_checkpoint, model_factory
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -37,7 +37,7 @@ class Trained:
 
 
 def fine_tune(config: Any, arrays: dict[str, np.ndarray], labels: np.ndarray | None,
-              report: Callable[[str], None]) -> Trained:
+              report: Callable[[str], None], opset: int) -> Trained:
     """Fine-tune the recipe's module with fake quantization on ``arrays`` and export it.
 
     ``arrays`` holds the training split, one array per model input (axis 0 = sample).
@@ -58,7 +58,7 @@ def fine_tune(config: Any, arrays: dict[str, np.ndarray], labels: np.ndarray | N
         converted = convert_pt2e(student)
         move_exported_model_to_eval(converted)  # rewrites dropout/batch norm in the graph
         converted.training = False  # and tells the exporter, which reads only this flag
-        proto = _export(converted, config.model, config.export)
+        proto = _export(converted, config.model, opset)
     return Trained(proto, loss, seconds)
 
 
@@ -88,12 +88,10 @@ def build_module(model: Any) -> Any:
     """The recipe's nn.Module from ``model.factory`` with ``model.checkpoint``, in eval mode."""
     import torch
 
-    from stages.export.stage import _import_factory
-
     if not model.factory:
         raise RecipeError("quantize.mode=qat needs model.factory ('package.module:callable' "
                           "returning the nn.Module) to rebuild the torch model it fine-tunes.")
-    module = _import_factory(model)()
+    module = model_factory(model)()
     if not isinstance(module, torch.nn.Module):
         raise RecipeError(f"model.factory '{model.factory}' returned {type(module).__name__}, "
                           "not a torch.nn.Module.")
@@ -173,7 +171,7 @@ def _targets(model: Any, inputs: list[Any], labels: np.ndarray | None, loss: str
     teacher = build_module(model)
     with torch.no_grad():
         outputs = teacher(*inputs)
-    return _flatten(outputs)[0].detach()
+    return flatten(outputs)[0].detach()
 
 
 def _criterion(loss: str, targets: Any) -> Callable[[Any, Any], Any]:
@@ -210,7 +208,7 @@ def _train(student: Any, inputs: list[Any], targets: Any, qat: Any,
         total, count = 0.0, 0
         for batch in torch.randperm(len(targets), generator=order).split(qat.batch_size):
             optimizer.zero_grad()
-            outputs = _flatten(student(*(tensor[batch] for tensor in inputs)))[0]
+            outputs = flatten(student(*(tensor[batch] for tensor in inputs)))[0]
             loss = criterion(outputs, targets[batch])
             loss.backward()
             optimizer.step()
@@ -221,7 +219,7 @@ def _train(student: Any, inputs: list[Any], targets: Any, qat: Any,
     return mean
 
 
-def _export(converted: Any, model: Any, export: Any) -> onnx.ModelProto:
+def _export(converted: Any, model: Any, opset: int) -> onnx.ModelProto:
     """The converted module as ONNX, with the recipe's input names, outputs, opset and axes."""
     import torch
 
@@ -232,7 +230,7 @@ def _export(converted: Any, model: Any, export: Any) -> onnx.ModelProto:
         program = torch.onnx.export(
             converted, tuple(torch.from_numpy(sample[name]) for name in names), dynamo=True,
             verbose=False, input_names=names, output_names=list(model.outputs) or None,
-            opset_version=export.opset, dynamic_shapes=_dynamic_shapes(model.inputs))
+            opset_version=opset, dynamic_shapes=dynamic_shapes(model.inputs))
     proto = program.model_proto
     for node in proto.graph.node:
         # the exporter's per-node notes hold stack traces with this machine's file paths: a
