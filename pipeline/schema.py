@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import MISSING
 
 # the target section lives in its own module; OmegaConf needs the class at run time
-from pipeline.targets import TargetConfig  # noqa: TC001
+from pipeline.targets import TargetConfig
 
 
 class Framework(Enum):
@@ -129,180 +129,6 @@ class DatasetConfig:
 
 
 @dataclass
-class ExportConfig:
-    opset: int = 18
-    parity_samples: int = 4
-    parity_atol: float = 1e-4
-    parity_rtol: float = 1e-3
-
-
-class OptimizeLevel(Enum):
-    none = "none"
-    basic = "basic"
-    extended = "extended"
-
-
-@dataclass
-class OptimizeConfig:
-    level: OptimizeLevel = OptimizeLevel.basic
-    shape_inference: bool = True
-
-
-class QuantMode(Enum):
-    none = "none"
-    dynamic = "dynamic"
-    static = "static"
-    fp16 = "fp16"
-    qat = "qat"
-
-
-class QuantFormat(Enum):
-    qdq = "qdq"
-    qoperator = "qoperator"
-
-
-class QuantType(Enum):
-    uint8 = "uint8"
-    int8 = "int8"
-    uint16 = "uint16"
-    int16 = "int16"
-
-
-class CalibrationMethod(Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
-    distribution = "distribution"
-
-
-@dataclass
-class CalibrationConfig:
-    method: CalibrationMethod = CalibrationMethod.minmax
-    samples: int = 128
-    # method=percentile: the percentile of |values| each activation range keeps (ORT's default)
-    percentile: float = 99.999
-
-
-@dataclass
-class AccuracyBudget:
-    """What quantization may cost; when set, nodes stay float until the budget is met."""
-
-    # top-1 accuracy drop vs FP32 allowed (needs labels)
-    max_accuracy_drop: float | None = None
-    # top-1 agreement with FP32 required (works without labels)
-    min_agreement: float | None = None
-    # evaluation samples the budget is checked on; 0 = the whole evaluation split
-    samples: int = 0
-    # calibration samples whose activations rank the nodes by sensitivity
-    sensitivity_samples: int = 16
-    # fail (exit 4) rather than keep more than this many nodes in float
-    max_float_nodes: int = 8
-    # batch-1 CPU runs timed per model for the latency figures (after warmup_runs)
-    latency_runs: int = 30
-    warmup_runs: int = 3
-
-
-@dataclass
-class QuantSearchConfig:
-    # partial overrides of this quantize section, each tried as one more candidate
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-
-
-class QatLoss(Enum):
-    cross_entropy = "cross_entropy"  # against the dataset's labels
-    mse_to_fp32 = "mse_to_fp32"  # distillation: match the FP32 model's outputs, no labels
-
-
-class QatOptimizer(Enum):
-    adam = "adam"
-    sgd = "sgd"  # with momentum 0.9
-
-
-@dataclass
-class QatConfig:
-    """mode=qat (torch models): fine-tune with fake quantization on the training split."""
-
-    epochs: int = 3
-    learning_rate: float = 3e-4
-    batch_size: int = 32
-    loss: QatLoss = QatLoss.cross_entropy
-    optimizer: QatOptimizer = QatOptimizer.adam
-    # seeds torch and the order of the training samples: the same recipe, the same model bytes
-    seed: int = 0
-
-
-@dataclass
-class QuantizeConfig:
-    mode: QuantMode = QuantMode.none
-    format: QuantFormat = QuantFormat.qdq
-    per_channel: bool = True
-    # uint8 activations with int8 weights run fastest on VNNI CPUs (measured: 10 ms vs 27 ms);
-    # uint16/int16 activations with 8-bit weights (A16W8) suit NPUs such as QNN's HTP
-    activation_type: QuantType = QuantType.uint8
-    weight_type: QuantType = QuantType.int8
-    reduce_range: bool = False
-    # TensorRT-class targets need zero points of 0 (symmetric int8)
-    activation_symmetric: bool = False
-    weight_symmetric: bool = True
-    # smallest float range a tensor is quantized over (QNN wants 0.0001); null = no minimum
-    minimum_real_range: float | None = None
-    # op types to quantize (e.g. [Conv, Gemm]); empty = every type ORT can quantize
-    op_types_to_quantize: list[str] = field(default_factory=list)
-    # node names or regular expressions (full match) of nodes kept in float
-    nodes_to_exclude: list[str] = field(default_factory=list)
-    # onnxruntime's quant_pre_process (shape inference + a basic graph pass) first
-    pre_process: bool = True
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    accuracy_budget: AccuracyBudget = field(default_factory=AccuracyBudget)
-    search: QuantSearchConfig = field(default_factory=QuantSearchConfig)
-    qat: QatConfig = field(default_factory=QatConfig)
-
-
-@dataclass
-class GatesConfig:
-    max_accuracy_drop: float | None = None
-    min_top1_agreement: float | None = None
-    min_cosine: float | None = None
-    max_abs_diff: float | None = None
-    # nodes the target's first-choice EP leaves to the CPU EP (0 = none); measured only where
-    # that EP runs here
-    max_cpu_fallback_nodes: int | None = None
-
-
-@dataclass
-class ValidateConfig:
-    samples: int = 256
-    latency_runs: int = 30
-    warmup_runs: int = 3
-    gates: GatesConfig = field(default_factory=GatesConfig)
-    # validate with session.disable_cpu_ep_fallback: a node the target's EPs cannot take fails
-    forbid_cpu_fallback: bool = False
-    # run a target whose onnxruntime distribution is not the host's in an isolated environment
-    # of its own ($EDGEKILN_ENV_DIR, default ~/.cache/edgekiln/envs); false: host runtime only
-    isolated_runtime: bool = True
-    # sample inputs with the candidate's expected outputs written to samples.npz (self-test)
-    bundle_samples: int = 4
-
-
-@dataclass
-class SigningConfig:
-    """Sign published bundles (OpenSSF model-signing, elliptic-curve key pair)."""
-
-    # PEM private key (P-256/384/521); null = $EDGEKILN_SIGNING_KEY when set, else unsigned
-    private_key: str | None = None
-    # NAME of the environment variable holding the key's password; a password never goes in a
-    # recipe (null = $EDGEKILN_SIGNING_PASSWORD when set)
-    password_env: str | None = None
-
-
-@dataclass
-class PackageConfig:
-    signing: SigningConfig = field(default_factory=SigningConfig)
-    # gate: most nodes the target's accelerator EPs leave to the CPU EP (coverage.json); null = off
-    max_cpu_fallback_nodes: int | None = None
-
-
-@dataclass
 class RunConfig:
     jobs: int = 2
     # stage kinds (or kind@target) to rebuild even when cached; "all" forces everything
@@ -316,22 +142,41 @@ class RunConfig:
 
 
 @dataclass
-class RecipeConfig:
-    name: str = MISSING
-    description: str = ""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    targets: dict[str, TargetConfig] = field(default_factory=dict)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
-    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
-    validate: ValidateConfig = field(default_factory=ValidateConfig)
-    package: PackageConfig = field(default_factory=PackageConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+class StageEntry:
+    """One node of a recipe's declared graph: ``stages.<name>``."""
+
+    kind: str = MISSING  # a registered stage kind (``export``, ``quantize``, or a team's own)
+    # input slot of the kind -> name of the stage that feeds it
+    inputs: dict[str, str] = field(default_factory=dict)
+    # the kind's settings, checked against its params dataclass when the plan is built; a
+    # stage named like a top-level section (``quantize:``) also takes that section's values
+    params: dict[str, Any] = field(default_factory=dict)
+    # false: always rebuild this stage (its output is never looked up in the cache)
+    cache: bool = True
 
 
-def register_configs() -> None:
-    """Store the schema in Hydra's ConfigStore under its own group, never among the options."""
+# the recipe's own top-level keys; the others are the sections of stage kinds (quantize, ...)
+CORE_SECTIONS = ("name", "description", "model", "dataset", "targets", "stages", "run")
+
+
+def register_configs(kinds: dict[str, Any]) -> list[str]:
+    """Store the schema in Hydra's ConfigStore under its own group, never among the options.
+
+    Returns the defaults-list entries that put each schema at its place in the recipe. The
+    root stays a plain mapping, so kinds can add sections; the plan rejects unknown ones.
+    """
     from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig
 
-    ConfigStore.instance().store(group="schema", name="recipe", node=RecipeConfig)
+    store = ConfigStore.instance()
+    typed = {"model": ModelConfig, "dataset": DatasetConfig, "run": RunConfig,
+             "targets": DictConfig({}, key_type=str, element_type=TargetConfig),
+             "stages": DictConfig({}, key_type=str, element_type=StageEntry)}
+    for name, node in typed.items():
+        store.store(group="schema", name=name, node=node)
+    entries = [f"schema/{name}@{name}" for name in typed]
+    for kind, spec in sorted(kinds.items()):
+        if spec.section and spec.params is not None:
+            store.store(group="schema/section", name=kind, node=spec.params)
+            entries.append(f"schema/section/{kind}@{kind}")
+    return entries

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from typing import TYPE_CHECKING
 
-from pipeline import schema
+from pipeline import schema, targets
 from pipeline.errors import did_you_mean
+from pipeline.registry import REGISTRY
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,14 +22,25 @@ def suggestion(message: str, search_path: list[Path]) -> str:
     """' Did you mean ...?' for an unknown key or config option in ``message``, else ''."""
     if match := _UNKNOWN_KEY.search(message):
         key, owner = match.groups()
-        cls = getattr(schema, owner, None)
-        if dataclasses.is_dataclass(cls):
+        cls = _schema_class(owner)
+        if cls is not None:
             return did_you_mean(key, [f.name for f in dataclasses.fields(cls)])
     if match := _MISSING_OPTION.search(message):
         group, name = match.groups()
         options = {p.stem for root in search_path for p in (root / group).glob("*.yaml")}
         return did_you_mean(name, options)
     return ""
+
+
+def _schema_class(name: str) -> type | None:
+    """A dataclass of the recipe schema or of an installed kind's params module, by name."""
+    modules = [schema, targets, *(sys.modules[spec.params.__module__]
+                                  for spec in REGISTRY.values() if spec.params is not None)]
+    for module in modules:
+        cls = getattr(module, name, None)
+        if dataclasses.is_dataclass(cls):
+            return cls  # type: ignore[return-value]
+    return None
 
 
 class Tee:

@@ -13,6 +13,19 @@ from typing import Any
 
 from omegaconf import MISSING
 
+# stage names a target section may override directly, as recipes written before declared
+# graphs do (targets.<t>.quantize); the general form is targets.<t>.stages.<name>
+LEGACY_STAGE_OVERRIDES = ("quantize",)
+KNOWN_PROVIDERS = (
+    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
+    "OpenVINOExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider",
+    "NnapiExecutionProvider", "QNNExecutionProvider", "XnnpackExecutionProvider",
+    "ROCMExecutionProvider", "MIGraphXExecutionProvider", "ACLExecutionProvider",
+    "ArmNNExecutionProvider", "RknpuExecutionProvider", "VitisAIExecutionProvider",
+    "WebGpuExecutionProvider", "AzureExecutionProvider", "SNPEExecutionProvider",
+    "DnnlExecutionProvider", "TvmExecutionProvider", "CANNExecutionProvider",
+)
+
 
 @dataclass
 class ExecutionProvider:
@@ -94,5 +107,7 @@ class TargetConfig:
     # in priority order; CPUExecutionProvider is the usual last resort
     execution_providers: list[ExecutionProvider] = MISSING
     session: SessionSpec = field(default_factory=SessionSpec)
-    # keys of the recipe's `quantize` section this target needs changed (fp16 for a GPU)
+    # stage name -> params this target needs changed (e.g. {quantize: {mode: fp16}} for a GPU)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # recipes and targets written before declared graphs say this for stages.quantize
     quantize: dict[str, Any] = field(default_factory=dict)

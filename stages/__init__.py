@@ -1,9 +1,5 @@
-"""Every stage kind edgekiln knows, registered by importing its module here (explicitly)."""
+"""edgekiln's built-in stage kinds, one subpackage each (``stages/<kind>/stage.py``).
 
-from stages.export import stage as export
-from stages.optimize import stage as optimize
-from stages.package import stage as package
-from stages.quantize import stage as quantize
-from stages.validate import stage as validate
-
-__all__ = ["export", "optimize", "package", "quantize", "validate"]
+They are registered like a team's own kinds, through the ``edgekiln.stages`` entry points in
+pyproject.toml; ``common/`` holds what more than one kind uses.
+"""

@@ -13,24 +13,22 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
-
 from pipeline.errors import EnvironmentProblem, RecipeError, StageError
 from pipeline.registry import StageContext, stage
-from stages.common.factories import import_callable
 from stages.common.onnx_files import load_model, save_model
+from stages.common.sample_inputs import make_samples
+from stages.common.torch_models import model_factory
 from stages.export.checks import (
     check_signature,
     describe,
     graph_inputs,
-    make_samples,
     parity,
 )
 from stages.export.from_tensorflow import export_tensorflow
 from stages.export.from_torch import export_torch
+from stages.export.params import ExportParams
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     import onnx
 
@@ -42,7 +40,20 @@ NEEDS = {"torch": (("torch", "onnxscript"), "torch"),
          "tensorflow": (("tensorflow", "tf2onnx"), "tf")}
 
 
-@stage("export", inputs={}, reads=("model", "export"), version=2,
+def check_recipe(config: dict[str, Any]) -> None:
+    """At plan time: the model section names what its framework needs, and it is installed."""
+    model = config["model"]
+    framework = model["framework"]
+    needs = {"torch": "factory", "tensorflow": None, "onnx": "path"}[framework]
+    if needs and not model[needs]:
+        raise RecipeError(f"model.{needs}: required when model.framework={framework}.")
+    if framework == "tensorflow" and not (model["path"] or model["factory"]):
+        raise RecipeError("model.path or model.factory: one is required for tensorflow.")
+    require_framework(framework)
+
+
+@stage("export", params=ExportParams, section=True, reads=("model",), version=3,
+       check=check_recipe,
        tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx"),
        sources=("model.checkpoint", "model.path", "model.factory"))
 def export(ctx: StageContext) -> dict[str, Any]:
@@ -95,17 +106,10 @@ def _convert(model: Any, settings: Any, sample: Feed) -> tuple[onnx.ModelProto, 
             raise RecipeError("model.framework=onnx needs model.path, an .onnx file.")
         return load_model(Path(model.path)), None
     require_framework(model.framework)
-    make = _import_factory(model) if model.factory else None
+    make = model_factory(model) if model.factory else None
     if model.framework == "tensorflow":
         return export_tensorflow(make, model, settings, sample)
     if make is None:
         raise RecipeError("model.framework=torch needs model.factory ('package.module:callable' "
                           "returning the nn.Module).")
     return export_torch(make, model, settings, sample)
-
-
-def _import_factory(model: Any) -> Callable[[], Any]:
-    """Resolve ``model.factory`` by its explicit dotted path; bind ``model.factory_kwargs``."""
-    target = import_callable(model.factory, "model.factory")
-    kwargs = OmegaConf.to_container(model.factory_kwargs, resolve=True)
-    return lambda: target(**kwargs)

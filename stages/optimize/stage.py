@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.registry import stage
 from stages.common import onnx_files
+from stages.optimize.params import OptimizeParams
 
 if TYPE_CHECKING:
     from pipeline.registry import StageContext
@@ -27,7 +27,7 @@ LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 EXTERNAL_MIN_BYTES = 1024
 
 
-@stage("optimize", inputs={"model": "export"}, reads=("optimize",),
+@stage("optimize", params=OptimizeParams, section=True, inputs=("model",), version=2,
        tools=("onnx", "onnxruntime"))
 def optimize(ctx: StageContext) -> dict[str, Any]:
     """Infer shapes and apply ORT graph optimizations at ``optimize.level``.
@@ -44,7 +44,7 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
         log.warning("optimize.level=extended may fuse nodes into com.microsoft contrib ops "
                     "(FusedConv, FusedGemm, ...) that only some execution providers run and "
                     "that static quantization leaves in float; 'basic' is portable")
-    before = model_stats(source)
+    before = onnx_files.model_stats(source)
     with tempfile.TemporaryDirectory(prefix="edgekiln-optimize-") as tmp:
         # shape inference rewrites its file in place, so it works on a copy
         current = onnx_files.copy_model(source, Path(tmp) / "input")
@@ -56,7 +56,7 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
             current = _ort_optimize(current, Path(tmp) / "optimized", cfg.level)
         model = onnx_files.load_model(current)
     onnx_files.save_model(model, ctx.out)
-    after = model_stats(ctx.out)
+    after = onnx_files.model_stats(ctx.out)
     summary = {
         "level": cfg.level,
         "shape_inference": bool(cfg.shape_inference),
@@ -68,28 +68,6 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
     }
     (ctx.out / "optimize.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
-
-
-def model_stats(directory: Path) -> dict[str, Any]:
-    """Node count, op-type histogram and bytes on disk (external data included) of a model dir.
-
-    Nodes of subgraphs (If/Loop/Scan bodies) count too. Ops outside the default ONNX domain
-    are keyed ``domain:Op`` so contrib ops stand out.
-    """
-    import onnx
-
-    size = onnx_files.model_size(directory)  # also refuses external data outside the folder
-    model = onnx.load(str(onnx_files.model_file(directory)), load_external_data=False)
-    ops: Counter[str] = Counter()
-    graphs = [model.graph]
-    while graphs:
-        graph = graphs.pop()
-        for node in graph.node:
-            domain = node.domain if node.domain not in ("", "ai.onnx") else ""
-            ops[f"{domain}:{node.op_type}" if domain else node.op_type] += 1
-            for attribute in node.attribute:
-                graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
-    return {"nodes": sum(ops.values()), "size": size, "ops": dict(sorted(ops.items()))}
 
 
 def _infer_shapes(path: Path) -> None:

@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.errors import GateError, RecipeError
-from pipeline.schema import QuantizeConfig
 from stages.common.onnx_files import model_size
 from stages.quantize import budget as budgets
 from stages.quantize import ptq
+from stages.quantize.params import QuantizeParams
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -58,7 +58,7 @@ def variants(cfg: DictConfig) -> list[tuple[str, dict[str, Any], str]]:
 
 def _merge(base: Any, override: dict[str, Any], where: str) -> DictConfig:
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(QuantizeConfig), base, override)
+        merged = OmegaConf.merge(OmegaConf.structured(QuantizeParams), base, override)
     except OmegaConfBaseException as exc:
         message = str(exc).splitlines()[0]
         raise RecipeError(f"{where}.{exc.full_key}: {message}") from None

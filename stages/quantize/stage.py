@@ -24,7 +24,8 @@ from pipeline.errors import RecipeError
 from pipeline.registry import stage
 from pipeline.schema import DATASET_SOURCES
 from stages.common import onnx_files
-from stages.optimize.stage import model_stats
+from stages.common.onnx_files import model_stats
+from stages.quantize.params import QuantizeParams
 
 if TYPE_CHECKING:
     from pipeline.registry import StageContext
@@ -55,8 +56,8 @@ def _times_models(config: dict[str, Any]) -> bool:
 
 
 # QAT rebuilds the torch model from the model section and its checkpoint, so those are read
-@stage("quantize", inputs={"model": "optimize"},
-       reads=("quantize", "dataset", "model", "export.opset"), per_target=True, version=3,
+@stage("quantize", params=QuantizeParams, section=True, inputs=("model",),
+       reads=("dataset", "model"), per_target=True, version=4,
        exclusive=_times_models,
        sources=(*DATASET_SOURCES, "model.checkpoint", "model.factory"),
        tools=("onnx", "onnxruntime", "scikit-learn", "numpy", "matplotlib", "torch", "torchao",

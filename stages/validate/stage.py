@@ -22,6 +22,7 @@ from pipeline.errors import GateError, RecipeError
 from pipeline.registry import StageContext, stage
 from pipeline.schema import DATASET_SOURCES
 from stages.common.onnx_files import model_file, model_size
+from stages.validate.params import ValidateParams
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,11 +41,11 @@ GATES = {
 }
 
 
-@stage("validate", inputs={"model": "quantize", "reference": "optimize"},
-       reads=("validate", "dataset", "model.inputs", "target"), per_target=True,
+@stage("validate", params=ValidateParams, section=True, inputs=("candidate", "reference"),
+       reads=("dataset", "model.inputs", "target"), per_target=True,
        tools=("onnxruntime", "numpy", "scikit-learn"),
        sources=DATASET_SOURCES,
-       exclusive=True, version=2)
+       exclusive=True, version=3)
 def validate(ctx: StageContext) -> dict[str, Any]:
     """Measure agreement, accuracy, latency, placement and size; raise if a gate fails."""
     from stages.common import metrics
@@ -70,7 +71,7 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     cand, ref = measured["candidate|first"], measured["reference|first"]
     report |= {"evaluation_samples": len(feeds)}
     report |= metrics.agreement(cand, ref) | metrics.accuracy(cand, ref, labels)
-    report["size_bytes"] = {"candidate": model_size(ctx.inputs["model"]),
+    report["size_bytes"] = {"candidate": model_size(ctx.inputs["candidate"]),
                             "reference": model_size(ctx.inputs["reference"])}
     if not report["validated_on_target_ep"]:
         on = "cpu" if report["ran_on"][0] == CPU else report["ran_on"][0]
@@ -101,7 +102,7 @@ def _measure(ctx: StageContext, runtime: TargetRuntime, report: dict[str, Any],
     cfg = ctx.config.validate
     keep = _keep(cfg, feeds)
     candidate, reference = (str(model_file(ctx.inputs[slot]).resolve())
-                            for slot in ("model", "reference"))
+                            for slot in ("candidate", "reference"))
     session = _session_settings(ctx.config.target)
     request = {"providers": report["providers"], "warmup_runs": cfg.warmup_runs,
                "latency_runs": cfg.latency_runs, "session": session,

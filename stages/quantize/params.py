@@ -1,0 +1,118 @@
+"""Settings of the ``quantize`` kind: the recipe's ``quantize:`` section, a preset of
+``recipes/quantize/``, or ``stages.<name>.params`` of a further quantize stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class QuantMode(Enum):
+    none = "none"
+    dynamic = "dynamic"
+    static = "static"
+    fp16 = "fp16"
+    qat = "qat"
+
+
+class QuantFormat(Enum):
+    qdq = "qdq"
+    qoperator = "qoperator"
+
+
+class QuantType(Enum):
+    uint8 = "uint8"
+    int8 = "int8"
+    uint16 = "uint16"
+    int16 = "int16"
+
+
+class CalibrationMethod(Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+    distribution = "distribution"
+
+
+@dataclass
+class CalibrationParams:
+    method: CalibrationMethod = CalibrationMethod.minmax
+    samples: int = 128
+    # method=percentile: the percentile of |values| each activation range keeps (ORT's default)
+    percentile: float = 99.999
+
+
+@dataclass
+class AccuracyBudget:
+    """What quantization may cost; when set, nodes stay float until the budget is met."""
+
+    # top-1 accuracy drop vs FP32 allowed (needs labels)
+    max_accuracy_drop: float | None = None
+    # top-1 agreement with FP32 required (works without labels)
+    min_agreement: float | None = None
+    # evaluation samples the budget is checked on; 0 = the whole evaluation split
+    samples: int = 0
+    # calibration samples whose activations rank the nodes by sensitivity
+    sensitivity_samples: int = 16
+    # fail (exit 4) rather than keep more than this many nodes in float
+    max_float_nodes: int = 8
+    # batch-1 CPU runs timed per model for the latency figures (after warmup_runs)
+    latency_runs: int = 30
+    warmup_runs: int = 3
+
+
+@dataclass
+class QuantSearchParams:
+    # partial overrides of this quantize section, each tried as one more candidate
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+
+class QatLoss(Enum):
+    cross_entropy = "cross_entropy"  # against the dataset's labels
+    mse_to_fp32 = "mse_to_fp32"  # distillation: match the FP32 model's outputs, no labels
+
+
+class QatOptimizer(Enum):
+    adam = "adam"
+    sgd = "sgd"  # with momentum 0.9
+
+
+@dataclass
+class QatParams:
+    """mode=qat (torch models): fine-tune with fake quantization on the training split."""
+
+    epochs: int = 3
+    learning_rate: float = 3e-4
+    batch_size: int = 32
+    loss: QatLoss = QatLoss.cross_entropy
+    optimizer: QatOptimizer = QatOptimizer.adam
+    # seeds torch and the order of the training samples: the same recipe, the same model bytes
+    seed: int = 0
+
+
+@dataclass
+class QuantizeParams:
+    mode: QuantMode = QuantMode.none
+    format: QuantFormat = QuantFormat.qdq
+    per_channel: bool = True
+    # uint8 activations with int8 weights run fastest on VNNI CPUs (measured: 10 ms vs 27 ms);
+    # uint16/int16 activations with 8-bit weights (A16W8) suit NPUs such as QNN's HTP
+    activation_type: QuantType = QuantType.uint8
+    weight_type: QuantType = QuantType.int8
+    reduce_range: bool = False
+    # TensorRT-class targets need zero points of 0 (symmetric int8)
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    # smallest float range a tensor is quantized over (QNN wants 0.0001); null = no minimum
+    minimum_real_range: float | None = None
+    # op types to quantize (e.g. [Conv, Gemm]); empty = every type ORT can quantize
+    op_types_to_quantize: list[str] = field(default_factory=list)
+    # node names or regular expressions (full match) of nodes kept in float
+    nodes_to_exclude: list[str] = field(default_factory=list)
+    # onnxruntime's quant_pre_process (shape inference + a basic graph pass) first
+    pre_process: bool = True
+    calibration: CalibrationParams = field(default_factory=CalibrationParams)
+    accuracy_budget: AccuracyBudget = field(default_factory=AccuracyBudget)
+    search: QuantSearchParams = field(default_factory=QuantSearchParams)
+    qat: QatParams = field(default_factory=QatParams)

@@ -1,0 +1,31 @@
+"""Settings of the ``validate`` kind: what to measure and the gates a candidate must pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GatesParams:
+    max_accuracy_drop: float | None = None
+    min_top1_agreement: float | None = None
+    min_cosine: float | None = None
+    max_abs_diff: float | None = None
+    # nodes the target's first-choice EP leaves to the CPU EP (0 = none); measured only where
+    # that EP runs here
+    max_cpu_fallback_nodes: int | None = None
+
+
+@dataclass
+class ValidateParams:
+    samples: int = 256
+    latency_runs: int = 30
+    warmup_runs: int = 3
+    gates: GatesParams = field(default_factory=GatesParams)
+    # validate with session.disable_cpu_ep_fallback: a node the target's EPs cannot take fails
+    forbid_cpu_fallback: bool = False
+    # run a target whose onnxruntime distribution is not the host's in an isolated environment
+    # of its own ($EDGEKILN_ENV_DIR, default ~/.cache/edgekiln/envs); false: host runtime only
+    isolated_runtime: bool = True
+    # sample inputs with the candidate's expected outputs written to samples.npz (self-test)
+    bundle_samples: int = 4
