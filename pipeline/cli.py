@@ -18,6 +18,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 
 from pipeline.errors import PipelineError, RecipeError
+from pipeline.registry import load_kinds
 from pipeline.schema import register_configs
 from pipeline.suggest import Tee, suggestion
 
@@ -25,11 +26,11 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 BUNDLED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-USAGE = """usage: python -m pipeline recipe=NAME [key=value ...] [-m] [--config-dir DIR]
-       python -m pipeline --list-recipes
-       python -m pipeline recipe=NAME run.dry_run=true     # what would run or come from cache
-       python -m pipeline recipe=NAME run.force=[quantize] # rebuild a stage (or 'all')
-add --verbose to see tracebacks."""
+USAGE = """usage: edgekiln recipe=NAME [key=value ...] [-m] [--config-dir DIR]
+       edgekiln --list-recipes
+       edgekiln recipe=NAME run.dry_run=true     # what would run or come from cache
+       edgekiln recipe=NAME run.force=[quantize] # rebuild a stage (or 'all')
+(python -m pipeline is the same command); add --verbose to see tracebacks."""
 
 _task_started = False
 
@@ -41,9 +42,12 @@ def search_path() -> list[Path]:
 
 
 def register_primary_config() -> None:
-    register_configs()
+    schemas = register_configs(load_kinds())
     ConfigStore.instance().store(name="edgekiln", node={
-        "defaults": ["schema/recipe@_here_", {"recipe": "???"}, "_self_"],
+        # the default graph comes before the recipe, which may override it or add stages
+        "defaults": [*schemas, "_self_", {"pipeline": "default"}, {"recipe": "???"}],
+        "name": "???",
+        "description": "",
         "hydra": {
             "searchpath": [f"file://{p}" for p in search_path()],
             "run": {"dir": "${run.artifacts_dir}/${hydra:runtime.choices.recipe}/_hydra/"
@@ -124,7 +128,13 @@ def main() -> None:
         args.remove("--verbose")
         os.environ["PIPELINE_FULL_ERROR"] = os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [sys.argv[0], *_options_last(args)]
-    register_primary_config()
+    try:
+        register_primary_config()  # loads the stage kinds: a broken plugin fails here
+    except PipelineError as exc:
+        if _verbose():
+            traceback.print_exc()
+        print(f"edgekiln: {exc.label}: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if not {"-m", "--multirun"} & set(args):
         _skip_mode_probe()
     sys.stderr = tee = Tee(sys.stderr)

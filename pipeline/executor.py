@@ -94,8 +94,7 @@ class _Runner:
             digests = {slot: entry.digest for slot, entry in inputs.items()}  # type: ignore[union-attr]
             payload = key_payload(node, digests, self.cache.state)
             key = cache_key(payload)
-            forced = node.name in self.plan.force
-            entry = None if forced else self.cache.lookup(key)
+            entry = self.cache.lookup(key) if _reuses(node, self.plan) else None
             status = "cached"
             if entry is None:
                 entry, status = self._build(node, key, payload, inputs)  # type: ignore[arg-type]
@@ -107,8 +106,7 @@ class _Runner:
     def _build(self, node: Node, key: str, payload: dict[str, Any],
                inputs: dict[str, Entry]) -> tuple[Entry, str]:
         with self.cache.lock(key):
-            forced = node.name in self.plan.force
-            entry = None if forced else self.cache.lookup(key)
+            entry = self.cache.lookup(key) if _reuses(node, self.plan) else None
             if entry is not None:  # another run built it while we waited for the lock
                 return entry, "cached"
             staged = self.cache.staging(key)
@@ -126,8 +124,14 @@ class _Runner:
             return self.cache.commit(key, staged, meta), "ran"
 
 
+def _reuses(node: Node, plan: Plan) -> bool:
+    """Whether a cached output may stand in for a build (not forced, not ``cache: false``)."""
+    return node.cache and node.name not in plan.force
+
+
 def _context(node: Node, inputs: dict[str, Entry], out: Path, display: Display) -> StageContext:
     config = OmegaConf.create(node.config)
     OmegaConf.set_readonly(config, True)
     return StageContext(config=config, inputs={s: e.out for s, e in inputs.items()}, out=out,
-                        target=node.target, report=lambda msg: display.status(node, msg))
+                        target=node.target, report=lambda msg: display.status(node, msg),
+                        kind=node.spec.kind)

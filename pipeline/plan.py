@@ -1,50 +1,46 @@
 """Turn a composed recipe into a checked, ordered plan of stage nodes; nothing runs here.
 
-The graph is fixed by the stage kinds' declared inputs; per-target kinds fan out::
-
-    export ──> optimize ──┬──> quantize@t ──┬──> validate@t      (validate also reads optimize,
-                          │                 └──> package@t        the FP32 reference)
-                          └── (one copy of each per-target stage for every target t)
-
-Every check that can fail does so here, before the first expensive step.
+The recipe's declared graph (``pipeline.graph``) fans out over targets: a stage whose kind is
+per-target becomes one node per target (``quantize@jetson_orin``), and a target-agnostic
+upstream feeds every copy. Each node gets its params (kind defaults < top-level section <
+``stages.<name>.params`` < ``targets.<t>.stages.<name>``) and the shared recipe keys its kind
+reads; together they are what enters its cache key. Every check that can fail does so here,
+before the first expensive step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import stages  # noqa: F401 -- importing it registers every stage kind
+from pipeline import graph
 from pipeline.errors import RecipeError, did_you_mean
-from pipeline.registry import REGISTRY, StageSpec
-from pipeline.schema import DATASET_SOURCES
-from stages.export.stage import require_framework
+from pipeline.params import stage_params
+from pipeline.registry import REGISTRY, load_kinds
+from pipeline.schema import CORE_SECTIONS, DATASET_SOURCES
+from pipeline.targets import KNOWN_PROVIDERS
 
-PIPELINE = ("export", "optimize", "quantize", "validate", "package")
-KNOWN_PROVIDERS = (
-    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
-    "OpenVINOExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider",
-    "NnapiExecutionProvider", "QNNExecutionProvider", "XnnpackExecutionProvider",
-    "ROCMExecutionProvider", "MIGraphXExecutionProvider", "ACLExecutionProvider",
-    "ArmNNExecutionProvider", "RknpuExecutionProvider", "VitisAIExecutionProvider",
-    "WebGpuExecutionProvider", "AzureExecutionProvider", "SNPEExecutionProvider",
-    "DnnlExecutionProvider", "TvmExecutionProvider", "CANNExecutionProvider",
-)
+if TYPE_CHECKING:
+    from pipeline.registry import StageSpec
+
 DATASET_PATHS = tuple(k for k in DATASET_SOURCES if k.endswith("path"))
 
 
 @dataclass(frozen=True)
 class Node:
     name: str  # "export", or "quantize@jetson_orin" for per-target work
+    stage: str  # the stage's name in the recipe
     spec: StageSpec
     target: str | None
-    config: dict[str, Any]  # the recipe keys spec.reads, resolved; part of the cache key
+    config: dict[str, Any]  # the shared keys spec.reads + params under spec.kind; keyed
     upstream: dict[str, str]  # input slot -> upstream node name
     sources: dict[str, str]  # recipe key -> file or directory whose content enters the key
+    cache: bool = True  # stages.<name>.cache: false -> always rebuilt
+    publish: dict[str, Any] | None = None  # params only the publisher reads (signing)
 
     @property
     def exclusive(self) -> bool:
@@ -63,22 +59,24 @@ class Plan:
 
 def build(cfg: DictConfig) -> Plan:
     """Check ``cfg`` and expand it into nodes, in an order where inputs come first."""
+    load_kinds()
     resolved = _resolve(cfg)
-    _check_model(resolved)
-    targets = _select_targets(resolved)
-    views = {target: _target_view(cfg, resolved, target) for target in targets}
+    _check_sections(resolved)
+    _check_files(resolved)
+    stages = graph.declared(resolved["stages"])
+    per_target = any(stage.spec.per_target for stage in stages.values())
+    targets = _select_targets(resolved) if per_target else ()
     nodes: dict[str, Node] = {}
-    for kind in PIPELINE:
-        spec = REGISTRY[kind]
-        for target in targets if spec.per_target else (None,):
-            node = _node(spec, views[target] if target else resolved, target)
+    for stage in stages.values():
+        for target in targets if stage.spec.per_target else (None,):
+            node = _node(resolved, stage, target)
             nodes[node.name] = node
     return Plan(recipe=resolved["name"], resolved=resolved, targets=targets, nodes=nodes,
                 force=_forced(resolved["run"]["force"], nodes))
 
 
-def node_name(kind: str, target: str | None) -> str:
-    return f"{kind}@{target}" if target else kind
+def node_name(stage: str, target: str | None) -> str:
+    return f"{stage}@{target}" if target else stage
 
 
 def _resolve(cfg: DictConfig) -> dict[str, Any]:
@@ -86,23 +84,41 @@ def _resolve(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True,
                                       throw_on_missing=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        raise RecipeError(f"{exc.full_key or 'recipe'}: {_first_line(exc)}") from None
+        raise RecipeError(f"{exc.full_key or 'recipe'}: {str(exc).splitlines()[0]}") from None
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0]
+def _check_sections(resolved: dict[str, Any]) -> None:
+    """Top-level keys are the recipe's own or the sections of installed stage kinds."""
+    known = [*CORE_SECTIONS, *(kind for kind, spec in REGISTRY.items() if spec.section)]
+    for key in resolved:
+        if key not in known and key != "hydra":
+            raise RecipeError(f"{key}: not a recipe key.{did_you_mean(key, known)} Top-level "
+                              f"keys: {', '.join(known)}; a further stage's settings go under "
+                              f"stages.<name>.params.")
 
 
-def _node(spec: StageSpec, view: dict[str, Any], target: str | None) -> Node:
-    config = {}
+def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None) -> Node:
+    spec = stage.spec
+    view = _target_view(resolved, target) if target else resolved
+    params = stage_params(resolved, stage, target)
+    publish = {key: params.pop(key) for key in spec.publish_params if key in params}
+    config: dict[str, Any] = {}
     for key in spec.reads:
         _set_path(config, key, _get_path(view, key))
+    if spec.params is not None:
+        config[spec.kind] = params
+    if spec.check is not None:
+        spec.check(config)
     upstream = {}
-    for slot, kind in spec.inputs.items():
-        up_target = target if REGISTRY[kind].per_target else None
-        upstream[slot] = node_name(kind, up_target)
+    for slot, up in stage.inputs.items():
+        upstream[slot] = node_name(up, target if _per_target(up, resolved) else None)
     sources = {key: value for key in spec.sources if (value := _get_path(view, key))}
-    return Node(node_name(spec.kind, target), spec, target, config, upstream, sources)
+    return Node(node_name(stage.name, target), stage.name, spec, target, config, upstream,
+                sources, stage.cache, publish or None)
+
+
+def _per_target(stage: str, resolved: dict[str, Any]) -> bool:
+    return REGISTRY[resolved["stages"][stage]["kind"]].per_target
 
 
 def _get_path(tree: dict[str, Any], dotted: str) -> Any:
@@ -118,25 +134,17 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def _target_view(cfg: DictConfig, resolved: dict[str, Any], target: str) -> dict[str, Any]:
-    """The recipe as one target sees it: its own section, and its quantize overrides applied."""
-    overrides = resolved["targets"][target]["quantize"]
-    try:
-        quantize = OmegaConf.merge(cfg.quantize, overrides)
-    except OmegaConfBaseException as exc:
-        inner = str(exc.full_key).removeprefix("quantize").lstrip(".")
-        key = f"targets.{target}.quantize.{inner}".rstrip(".")
-        raise RecipeError(f"{key}: {_first_line(exc)}") from None
+def _target_view(resolved: dict[str, Any], target: str) -> dict[str, Any]:
     # the name is part of the target section: stages that read it may write it into outputs
-    return {**resolved, "target": {**resolved["targets"][target], "name": target},
-            "quantize": OmegaConf.to_container(quantize, enum_to_str=True)}
+    return {**resolved, "target": {**resolved["targets"][target], "name": target}}
 
 
 def _select_targets(resolved: dict[str, Any]) -> tuple[str, ...]:
     available = resolved["targets"]
     if not available:
-        raise RecipeError(f"recipe '{resolved['name']}' lists no targets: add one to its "
-                          "defaults, e.g. '- /target@targets.cpu: x86_cpu'.")
+        raise RecipeError(f"recipe '{resolved['name']}' lists no targets, but its per-target "
+                          "stages need one: add one to its defaults, e.g. "
+                          "'- /target@targets.cpu: x86_cpu'.")
     for name, target in available.items():
         _check_providers(name, target)
     wanted = resolved["run"]["targets"] or list(available)
@@ -159,27 +167,16 @@ def _check_providers(name: str, target: dict[str, Any]) -> None:
                 f"'{provider['name']}'.{did_you_mean(provider['name'], KNOWN_PROVIDERS)}")
 
 
-def _check_model(resolved: dict[str, Any]) -> None:
-    model = resolved["model"]
-    framework = model["framework"]
-    needs = {"torch": "factory", "tensorflow": None, "onnx": "path"}[framework]
-    if needs and not model[needs]:
-        raise RecipeError(f"model.{needs}: required when model.framework={framework}.")
-    if framework == "tensorflow" and not (model["path"] or model["factory"]):
-        raise RecipeError("model.path or model.factory: one is required for tensorflow.")
+def _check_files(resolved: dict[str, Any]) -> None:
     for key in ("model.checkpoint", "model.path", *DATASET_PATHS):
         value = _get_path(resolved, key)
         if value and not Path(value).exists():
             raise RecipeError(f"{key}: '{value}' does not exist (paths are relative to "
                               f"{Path.cwd()}).")
-    _check_dataset_source(resolved["dataset"])
-    require_framework(framework)
-
-
-def _check_dataset_source(dataset: dict[str, Any]) -> None:
+    dataset = resolved["dataset"]
     kind = dataset["kind"]
     if kind in ("npz", "npy", "images") and not any(
-            _get_path({"dataset": dataset}, key) for key in DATASET_PATHS):
+            _get_path(resolved, key) for key in DATASET_PATHS):
         raise RecipeError(f"dataset.path: required when dataset.kind={kind} (or give each split "
                           "its own dataset.calibration_path / evaluation_path).")
     if kind == "callable" and not dataset["factory"]:
@@ -191,9 +188,9 @@ def _forced(requested: list[str], nodes: dict[str, Node]) -> frozenset[str]:
     forced = set()
     for item in requested:
         matches = [name for name, node in nodes.items()
-                   if item in ("all", name, node.spec.kind)]
+                   if item in ("all", name, node.stage, node.spec.kind)]
         if not matches:
-            choices = ["all", *PIPELINE, *nodes]
+            choices = ["all", *(n.stage for n in nodes.values()), *nodes]
             raise RecipeError(f"run.force: unknown stage '{item}'.{did_you_mean(item, choices)} "
                               f"Choose from: {', '.join(dict.fromkeys(choices))}.")
         forced.update(matches)

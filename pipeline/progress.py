@@ -62,7 +62,7 @@ def summary_table(results: dict[str, NodeResult], title: str) -> Table:
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for result in results.values():
         node = result.node
-        table.add_row(node.spec.kind, node.target or "-",
+        table.add_row(node.stage, node.target or "-",
                       f"[{STYLES[result.status]}]{result.status}[/]",
                       f"{result.seconds:.2f}", (result.key or "")[:12])
     return table

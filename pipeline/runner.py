@@ -13,7 +13,6 @@ from rich.table import Table
 
 from pipeline import executor, plan
 from pipeline.bundle import publish as bundle
-from pipeline.bundle.signing import signing_key
 from pipeline.cache import Cache, Entry
 from pipeline.keys import cache_key, key_payload
 from pipeline.progress import LiveDisplay, summary_table
@@ -33,7 +32,7 @@ def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any
     if run_cfg["dry_run"]:
         console.print(dry_run_table(the_plan, cache))
         return {"recipe": the_plan.recipe, "dry_run": True}
-    signing_key(the_plan.resolved)  # a missing key must fail now, not after every stage ran
+    bundle.check_signing(the_plan)  # a missing key must fail now, not after every stage ran
     recipe_dir = Path(run_cfg["artifacts_dir"]) / the_plan.recipe
     started = time.time()
     with LiveDisplay(console, live=run_cfg["progress"]) as display:
@@ -57,7 +56,8 @@ def _record(the_plan: plan.Plan, results: dict[str, executor.NodeResult],
         "recipe": the_plan.recipe,
         "ok": not errors,
         "seconds": round(seconds, 3),
-        "stages": [{"stage": r.node.spec.kind, "target": r.node.target, "status": r.status,
+        "stages": [{"stage": r.node.stage, "kind": r.node.spec.kind, "target": r.node.target,
+                    "status": r.status,
                     "seconds": round(r.seconds, 3), "key": r.key} for r in results.values()],
         "bundles": {target: str(path) for target, path in bundles.items()},
         "errors": errors,
@@ -83,10 +83,10 @@ def dry_run_table(the_plan: plan.Plan, cache: Cache) -> Table:
         if all(ups):
             digests = {slot: e.digest for slot, e in zip(node.upstream, ups, strict=True)}
             key = cache_key(key_payload(node, digests, cache.state))
-            entry = None if name in the_plan.force else cache.lookup(key)
+            entry = cache.lookup(key) if node.cache and name not in the_plan.force else None
         entries[name] = entry
         would = "use cache" if entry else ("run (forced)" if name in the_plan.force else "run")
-        table.add_row(node.spec.kind, node.target or "-", ", ".join(node.upstream.values()),
+        table.add_row(node.stage, node.target or "-", ", ".join(node.upstream.values()),
                       would, key[:12] if key else "(after inputs)")
     return table
 
