@@ -31,7 +31,7 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 SIGNATURE_FILE = "model.sig"
-FORMATS = (2,)  # manifest formats this loader reads
+FORMATS = (2, 3)  # manifest formats this loader reads
 PUBLIC_KEY_ENV = "EDGEKILN_PUBLIC_KEY"
 CPU = "CPUExecutionProvider"
 LEVELS = {"disable_all": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",

@@ -1,10 +1,10 @@
-"""Publish one deployment bundle per target from the cached package and validate outputs.
+"""Publish one deployment bundle per publishing node (the ``package`` stage of each target).
 
-``artifacts/<recipe>/<target>/`` receives the packaged files (model, providers.json,
-signature.json, load_model.py), validate's ``samples.npz`` (sample inputs and the outputs the
-validated model gave for them), a ``requirements.txt`` pinning the device's onnxruntime, and
-``manifest.json`` (the equivalent of ``dvc.lock``: which stage keys produced the bundle, the
-environment that built it, and the sha256 of every other file). With a signing key configured
+``artifacts/<recipe>/<target>/`` receives the publishing stage's output folder as it is cached
+(model, providers.json, signature.json, samples, requirements.txt, load_model.py) and
+``manifest.json`` (the equivalent of ``dvc.lock``: every stage the bundle depends on with its
+cache key, digest and summary, the environment that built it, and the sha256 of every other
+file). With a signing key configured
 (see ``pipeline.bundle.signing``) ``model.sig`` signs all of it, manifest included.
 ``<target>.tar.gz`` and its ``.sha256`` go beside the folder.
 
@@ -15,7 +15,6 @@ left alone (not even re-signed: ECDSA signatures differ on every run, archives w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -30,18 +29,16 @@ from pipeline.bundle import signing
 from pipeline.errors import StageError
 from pipeline.hashing import DigestState, file_digests, list_files, sha256_file
 from pipeline.keys import tool_version
-from pipeline.plan import Plan, node_name
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from pipeline.cache import Entry
     from pipeline.executor import NodeResult
+    from pipeline.plan import Node, Plan
 
 MANIFEST = "manifest.json"
-FORMAT = 2  # bump when load_model.py must read manifest.json differently
-SAMPLES = "samples.npz"
-REQUIREMENTS = "requirements.txt"
+FORMAT = 3  # bump when load_model.py must read manifest.json differently
 # library -> the distributions that provide it, in the order to look for them
 LIBRARIES = {
     "onnx": ("onnx",),
@@ -55,29 +52,51 @@ LIBRARIES = {
 
 @dataclass(frozen=True)
 class _Bundle:
-    target: str
-    package: Path  # the package stage's output folder
-    samples: Path | None  # validate's samples.npz, when it wrote one
-    requirements: str
+    name: str  # folder name under artifacts/<recipe>/
+    package: Path  # the publishing stage's output folder: every file but the manifest
     manifest: dict[str, Any]
 
 
 def publish(plan: Plan, results: dict[str, NodeResult], recipe_dir: Path,
             state: DigestState) -> dict[str, Path]:
-    """Write the bundle of every target whose whole chain of stages succeeded."""
+    """Write the bundle of every publishing node that ran or came from the cache."""
     recipe_dir.mkdir(parents=True, exist_ok=True)
     published: dict[str, Path] = {}
+    ready = [node for node in publishing(plan)
+             if results[node.name].status in ("ran", "cached")]
+    names = bundle_names(plan)
     with FileLock(recipe_dir / ".publish.lock"):
         _recover(recipe_dir)
-        chains = {target: [name for name, node in plan.nodes.items()
-                           if node.target in (None, target)] for target in plan.targets}
-        ready = [target for target, chain in chains.items()
-                 if all(results[name].status in ("ran", "cached") for name in chain)]
-        key = signing.signing_key(plan.resolved) if ready else None
-        for target in ready:
-            bundle = _assemble(plan, results, target, chains[target], key)
-            published[target] = _write_bundle(recipe_dir, bundle, state, key)
+        for node in ready:
+            key = signing.signing_key(node.publish)
+            bundle = _assemble(plan, results, node, names[node.name], key)
+            published[names[node.name]] = _write_bundle(recipe_dir, bundle, state, key)
     return published
+
+
+def publishing(plan: Plan) -> list[Node]:
+    """The nodes whose output is a bundle (their kind says it publishes)."""
+    return [node for node in plan.nodes.values() if node.spec.publishes]
+
+
+def bundle_names(plan: Plan) -> dict[str, str]:
+    """Bundle folder per publishing node: its target's name, ``<target>-<stage>`` when the
+    recipe has several publishing stages, the stage's name for a target-agnostic one."""
+    nodes = publishing(plan)
+    several = len({node.stage for node in nodes}) > 1
+    names = {}
+    for node in nodes:
+        if node.target is None:
+            names[node.name] = node.stage
+        else:
+            names[node.name] = f"{node.target}-{node.stage}" if several else node.target
+    return names
+
+
+def check_signing(plan: Plan) -> None:
+    """Open every signing key the bundles need: a missing key fails before any stage runs."""
+    for node in publishing(plan):
+        signing.signing_key(node.publish)
 
 
 def _recover(recipe_dir: Path) -> None:
@@ -92,90 +111,52 @@ def _recover(recipe_dir: Path) -> None:
             os.replace(retired, final)
 
 
-def _assemble(plan: Plan, results: dict[str, NodeResult], target: str, chain: list[str],
+def _assemble(plan: Plan, results: dict[str, NodeResult], node: Node, name: str,
               key: signing.SigningKey | None) -> _Bundle:
     """What the bundle will hold, with its manifest, computed from cache metadata alone."""
-    package, validate = (_entry(results, kind, target) for kind in ("package", "validate"))
-    target_config = plan.resolved["targets"][target]
-    runtime = _runtime(target_config, validate.meta["summary"])
-    requirements = _requirements(target, runtime, signed=key is not None)
-    files = dict(package.meta["files"])
-    files[REQUIREMENTS] = hashlib.sha256(requirements.encode()).hexdigest()
-    has_samples = SAMPLES in validate.meta["files"]
-    if has_samples:
-        files[SAMPLES] = validate.meta["files"][SAMPLES]
+    chain = _chain(plan, node.name)
+    package = _entry(results, node.name)
+    summary = package.meta["summary"]
+    target_config = plan.resolved["targets"][node.target] if node.target else None
     manifest = {
         "format": FORMAT,
         "recipe": plan.recipe,
-        "target": target,
+        "bundle": name,
+        "target": node.target,
         "target_config": target_config,
-        "execution_providers": target_config["execution_providers"],
-        "signature": {k: package.meta["summary"][k]
-                      for k in ("inputs", "outputs", "opset", "ir_version")},
+        "execution_providers": (target_config or {}).get("execution_providers"),
         "onnxruntime_version": tool_version("onnxruntime"),
-        "runtime": runtime,
-        "source_model_digest": results["export"].entry.meta["payload"]["sources"],  # type: ignore[union-attr]
-        "stages": {name: {"key": results[name].key,
-                          "digest": results[name].entry.digest}  # type: ignore[union-attr]
-                   for name in chain},
-        # settings, nodes kept float and what they cost, when an accuracy budget was set
-        "quantization": _entry(results, "quantize", target).meta["summary"],
-        "validation": validate.meta["summary"],
-        "samples": _samples_entry(validate.meta["summary"]) if has_samples else None,
+        # what the publishing kind says about its bundle: signature, runtime, samples
+        **summary.get("manifest", {}),
+        "sources": {k: v for n in chain
+                    for k, v in _entry(results, n).meta["payload"]["sources"].items()},
+        "stages": {n: {"kind": plan.nodes[n].spec.kind, "key": results[n].key,
+                       "digest": _entry(results, n).digest,
+                       "summary": _entry(results, n).meta["summary"]} for n in chain},
         "recipe_resolved": plan.resolved,
         "built_with": _environment(),
         "signing": key.manifest_entry() if key else None,
-        "files": files,
+        "files": dict(package.meta["files"]),
     }
-    return _Bundle(target, package.out, validate.out / SAMPLES if has_samples else None,
-                   requirements, manifest)
+    return _Bundle(name, package.out, manifest)
 
 
-def _entry(results: dict[str, NodeResult], kind: str, target: str) -> Entry:
-    entry = results[node_name(kind, target)].entry
-    if entry is None:  # publish() picks only targets whose stages ran or came from the cache
-        raise StageError(f"publishing '{target}': stage {kind}@{target} has no output")
+def _chain(plan: Plan, name: str) -> list[str]:
+    """``name`` and every node it reads, directly or not, in plan order."""
+    needed, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current not in needed:
+            needed.add(current)
+            todo.extend(plan.nodes[current].upstream.values())
+    return [n for n in plan.nodes if n in needed]
+
+
+def _entry(results: dict[str, NodeResult], name: str) -> Entry:
+    entry = results[name].entry
+    if entry is None:  # publish() picks only nodes that ran or came from the cache
+        raise StageError(f"publishing: stage {name} has no output")
     return entry
-
-
-def _runtime(target_config: dict[str, Any], validation: dict[str, Any]) -> dict[str, Any]:
-    """The onnxruntime the device must install: the target's range, else what validated."""
-    spec = target_config.get("runtime") or {}
-    distribution = spec.get("distribution") or "onnxruntime"
-    ran = validation.get("runtime") or {}
-    validated = {"distribution": ran.get("distribution") or "onnxruntime",
-                 "version": ran.get("version") or tool_version("onnxruntime")}
-    if spec.get("version"):
-        requirement = f"{distribution}{spec['version']}"
-    elif validated["distribution"] == distribution:
-        requirement = f"{distribution}=={validated['version']}"
-    else:  # validate fell back to the host's distribution: no version of this one was tried
-        requirement = distribution
-    return {"distribution": distribution, "requirement": requirement,
-            "validated_with": validated}
-
-
-def _requirements(target: str, runtime: dict[str, Any], signed: bool) -> str:
-    validated = runtime["validated_with"]
-    numpy_major = int(tool_version("numpy").split(".")[0])
-    lines = [
-        f"# what load_model.py needs on the device for target '{target}': "
-        "pip install -r requirements.txt",
-        f"# validated with {validated['distribution']}=={validated['version']}",
-        runtime["requirement"],
-        # the numpy major version the bundle was built with: 1.x and 2.x differ in ABI
-        f"numpy>={numpy_major},<{numpy_major + 1}",
-    ]
-    if signed:
-        lines.append("# to verify the signature (load_model.py --public-key): model-signing>=1.1")
-    return "\n".join(lines) + "\n"
-
-
-def _samples_entry(validation: dict[str, Any]) -> dict[str, Any]:
-    """Where the self-test finds its samples and the tolerances validate set for them."""
-    info = validation.get("samples")
-    info = info if isinstance(info, dict) else {}
-    return {"file": SAMPLES, **info}
 
 
 def _environment() -> dict[str, Any]:
@@ -211,22 +192,19 @@ def _cpu_model() -> str:
 
 def _write_bundle(recipe_dir: Path, bundle: _Bundle, state: DigestState,
                   key: signing.SigningKey | None) -> Path:
-    final = recipe_dir / bundle.target
+    final = recipe_dir / bundle.name
     if _unchanged(final, bundle.manifest, state, signed=key is not None):
         return final
     # staged under its final name: model-signing records the folder name in the signature
-    holder = recipe_dir / f".{bundle.target}.staging.{os.getpid()}"
+    holder = recipe_dir / f".{bundle.name}.staging.{os.getpid()}"
     shutil.rmtree(holder, ignore_errors=True)
-    staging = holder / bundle.target
+    staging = holder / bundle.name
     shutil.copytree(bundle.package, staging, copy_function=shutil.copyfile)
-    if bundle.samples is not None:
-        shutil.copyfile(bundle.samples, staging / SAMPLES)
-    (staging / REQUIREMENTS).write_bytes(bundle.requirements.encode())
     _check_staged(staging, bundle.manifest["files"])
     (staging / MANIFEST).write_text(json.dumps(bundle.manifest, indent=2, sort_keys=True))
     if key is not None:
         signing.sign(staging, key)
-    _archive(staging, recipe_dir, bundle.target)
+    _archive(staging, recipe_dir, bundle.name)
     _swap(staging, final)
     shutil.rmtree(holder, ignore_errors=True)
     return final

@@ -49,9 +49,10 @@ class SigningKey:
         }
 
 
-def signing_key(resolved: dict[str, Any]) -> SigningKey | None:
-    """The key the recipe or environment configures, opened and checked; None when unsigned."""
-    cfg = (resolved.get("package") or {}).get("signing") or {}
+def signing_key(settings: dict[str, Any] | None) -> SigningKey | None:
+    """The key the publishing stage's ``signing`` params or the environment configure, opened
+    and checked; None when unsigned."""
+    cfg = (settings or {}).get("signing") or {}
     path, source = cfg.get("private_key"), RECIPE_KEY
     if not path:
         path, source = os.environ.get(KEY_ENV), f"${KEY_ENV}"

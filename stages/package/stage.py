@@ -27,19 +27,21 @@ from omegaconf import OmegaConf
 
 from pipeline.registry import StageContext, stage
 from stages.common.onnx_files import MODEL_FILE, copy_model
-from stages.package import coverage
+from stages.package import coverage, device_files
 from stages.package import fit as compat
 from stages.package.op_tables import stage_version
+from stages.package.params import PackageParams
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "pipeline" / "bundle" / "device_loader.py"
 CPU = "CPUExecutionProvider"
+SIGNATURE_KEYS = ("inputs", "outputs", "opset", "ir_version")
 
 
 # signing happens at publish time, so the signing keys stay out of this stage's key
-@stage("package", inputs={"model": "quantize"},
-       reads=("target", "model.name", "model.inputs", "package.max_cpu_fallback_nodes"),
-       per_target=True, tools=("onnx", "onnxruntime", "packaging"),
-       version=stage_version(2))
+@stage("package", params=PackageParams, section=True, inputs=("model",),
+       optional_inputs=("report",), reads=("target", "model.name", "model.inputs"),
+       per_target=True, publishes=True, publish_params=("signing",),
+       tools=("onnx", "onnxruntime", "packaging", "numpy"), version=stage_version(3))
 def package(ctx: StageContext) -> dict[str, Any]:
     """Fit the model to the target, report its coverage, write the bundle's files."""
     import onnx
@@ -62,7 +64,11 @@ def package(ctx: StageContext) -> dict[str, Any]:
                 _providers(target, ctx.target, report["model"], ort_info))
     _write_json(ctx.out / "signature.json", signature)
     shutil.copyfile(TEMPLATE, ctx.out / "load_model.py")
+    pins = device_files.from_report(ctx.inputs.get("report"), ctx.out, ctx.target,
+                                    OmegaConf.to_container(target, resolve=True))
     return {
+        # what the publisher writes into the bundle's manifest.json for the device loader
+        "manifest": {"signature": {k: signature[k] for k in SIGNATURE_KEYS}, **pins},
         "files": {f.name: f.stat().st_size for f in sorted(ctx.out.iterdir())},
         "model_file": report["model"],
         "opset": signature["opset"],
