@@ -29,11 +29,11 @@ def test_resnet_multi_builds_a_bundle_per_target(tmp_path: Path) -> None:
     assert sorted(got[f"quantize@{t}"] for t in TARGETS) == ["cached", "cached", "ran", "ran"]
     manifests = {t: json.loads((tmp_path / "resnet_multi" / t / "manifest.json").read_text())
                  for t in TARGETS}
-    openvino = manifests["intel_cpu_openvino"]["validation"]
+    openvino = manifests["intel_cpu_openvino"]["stages"]["validate@intel_cpu_openvino"]["summary"]
     assert openvino["validated_on_target_ep"] is True
     assert openvino["ran_on"][0] == "OpenVINOExecutionProvider"
     for target in ("jetson_orin", "android_nnapi"):
-        validation = manifests[target]["validation"]
+        validation = manifests[target]["stages"][f"validate@{target}"]["summary"]
         assert validation["validated_on_target_ep"] is False
         assert "not available" in validation["not_validated_reason"]
     assert (tmp_path / "resnet_multi" / "android_nnapi" / "model.ort").is_file()

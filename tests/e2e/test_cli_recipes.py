@@ -4,64 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from tests.fixtures.cli import run_cli, run_record, statuses
+from tests.fixtures.team import team_dir
 
 pytestmark = pytest.mark.slow
 
-TEAM_RECIPE = """\
-# @package _global_
-defaults:
-  - /dataset: digits
-  - /quantize: int8_static
-  - /target@targets.cpu: x86_cpu
-  - _self_
-name: team_linear
-model:
-  name: linear
-  framework: onnx
-  path: {model}
-  inputs:
-    - name: pixels
-      shape: [batch, 1, 8, 8]
-validate:
-  samples: 64
-"""
-
-
-def _linear_digits_model(path: Path) -> Path:
-    """A real (untrained) linear classifier over 8x8 digit images, as an ONNX file."""
-    rng = np.random.default_rng(0)
-    weights = numpy_helper.from_array(rng.normal(size=(64, 10)).astype(np.float32), "w")
-    bias = numpy_helper.from_array(np.zeros(10, np.float32), "b")
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["pixels"], ["flat"]),
-         helper.make_node("MatMul", ["flat", "w"], ["mm"]),
-         helper.make_node("Add", ["mm", "b"], ["logits"])],
-        "linear",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        initializer=[weights, bias])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
-    onnx.save(model, path)
-    return path
-
-
-def _team_dir(tmp_path: Path) -> Path:
-    model = _linear_digits_model(tmp_path / "linear.onnx")
-    recipe_dir = tmp_path / "team" / "recipes" / "recipe"
-    recipe_dir.mkdir(parents=True)
-    (recipe_dir / "team_linear.yaml").write_text(TEAM_RECIPE.format(model=model))
-    return tmp_path / "team" / "recipes"
-
-
 def test_config_dir_recipe_builds_with_bundled_groups(tmp_path: Path) -> None:
-    config_dir = _team_dir(tmp_path)
+    config_dir = team_dir(tmp_path)
     artifacts = tmp_path / "artifacts"
     result = run_cli("recipe=team_linear", f"run.artifacts_dir={artifacts}",
                      "--config-dir", str(config_dir))
@@ -72,7 +23,7 @@ def test_config_dir_recipe_builds_with_bundled_groups(tmp_path: Path) -> None:
 
 
 def test_recipes_folder_in_the_working_directory_is_found(tmp_path: Path) -> None:
-    config_dir = _team_dir(tmp_path)
+    config_dir = team_dir(tmp_path)
     result = run_cli("--list-recipes", cwd=config_dir.parent)
     assert result.code == 0, result.stderr
     assert {"team_linear", "digits_torch", "resnet_jetson"} <= set(result.stdout.split())

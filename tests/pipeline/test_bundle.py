@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.bundle.publish import _Bundle, _recover, _requirements, _runtime, _write_bundle
+from pipeline.bundle.publish import _Bundle, _recover, _write_bundle
 from pipeline.errors import StageError
 from pipeline.hashing import DigestState
+from stages.package.device_files import requirements, runtime
 from tests.fixtures.bundles import build, bundle_of, sha256
 
 if TYPE_CHECKING:
@@ -41,13 +42,18 @@ def test_bundle_holds_model_providers_samples_requirements_and_checksums(publish
             "requirements.txt", "samples.npz", "signature.json"} <= set(names)
     assert "model.sig" not in names
     manifest = json.loads((published / "manifest.json").read_text())
-    assert manifest["format"] == 2
+    assert manifest["format"] == 3
     assert manifest["files"] == {name: sha256(published / name) for name in names
                                  if name != "manifest.json"}
     assert manifest["signing"] is None
     assert manifest["samples"]["file"] == "samples.npz"
     assert manifest["samples"]["atol"] > 0
     assert manifest["execution_providers"] == [{"name": "CPUExecutionProvider", "options": {}}]
+    # every stage the bundle depends on, by its name in the recipe's graph
+    stages = manifest["stages"]
+    assert set(stages) == {"export", "optimize", "quantize@cpu", "validate@cpu", "package@cpu"}
+    assert stages["validate@cpu"]["kind"] == "validate"
+    assert stages["quantize@cpu"]["summary"]["mode"] == "static"
 
 
 def test_manifest_records_the_environment_that_built_it(published: Path) -> None:
@@ -62,7 +68,7 @@ def test_manifest_records_the_environment_that_built_it(published: Path) -> None
     assert "tensorflow" in built["libraries"]
 
 
-def test_requirements_pin_the_target_runtime(published: Path) -> None:
+def test_requirements_pin_the_targetruntime(published: Path) -> None:
     manifest = json.loads((published / "manifest.json").read_text())
     spec = manifest["target_config"]["runtime"]
     pinned = spec["version"] or f"=={version('onnxruntime')}"  # empty: what validated
@@ -75,18 +81,18 @@ def test_requirements_pin_the_target_runtime(published: Path) -> None:
 
 def test_an_empty_target_version_pins_what_validated() -> None:
     validated = {"runtime": {"distribution": "onnxruntime", "version": "1.32.0"}}
-    runtime = _runtime({"runtime": {"distribution": "onnxruntime", "version": ""}}, validated)
-    assert runtime["requirement"] == "onnxruntime==1.32.0"
+    pins = runtime({"runtime": {"distribution": "onnxruntime", "version": ""}}, validated)
+    assert pins["requirement"] == "onnxruntime==1.32.0"
 
 
 def test_a_target_runtime_range_wins_over_the_validated_version() -> None:
     validated = {"runtime": {"distribution": "onnxruntime", "version": "1.32.0"}}
     openvino = {"runtime": {"distribution": "onnxruntime-openvino", "version": ">=1.20,<1.24"}}
-    runtime = _runtime(openvino, validated)
-    assert runtime["requirement"] == "onnxruntime-openvino>=1.20,<1.24"
-    assert "onnxruntime-openvino>=1.20,<1.24" in _requirements("ov", runtime, signed=True)
+    pins = runtime(openvino, validated)
+    assert pins["requirement"] == "onnxruntime-openvino>=1.20,<1.24"
+    assert "onnxruntime-openvino>=1.20,<1.24" in requirements("ov", pins)
     # validate fell back to the host's onnxruntime: no version of the target's was tried
-    unranged = _runtime({"runtime": {"distribution": "onnxruntime-gpu", "version": ""}},
+    unranged = runtime({"runtime": {"distribution": "onnxruntime-gpu", "version": ""}},
                         validated)
     assert unranged["requirement"] == "onnxruntime-gpu"
     assert unranged["validated_with"] == {"distribution": "onnxruntime", "version": "1.32.0"}
@@ -107,8 +113,7 @@ def test_a_damaged_cache_entry_is_not_published(published: Path, tmp_path: Path)
     manifest = json.loads((published / "manifest.json").read_text())
     (package / "manifest.json").unlink()
     (package / "model.onnx").write_bytes(b"bit rot")
-    bundle = _Bundle("cpu", package, None, (published / "requirements.txt").read_text(),
-                     manifest)
+    bundle = _Bundle("cpu", package, manifest)
     with pytest.raises(StageError, match=r"the files \['model.onnx'\] do not match"):
         _write_bundle(tmp_path / "recipe", bundle, DigestState(tmp_path / "state.json"), None)
     assert not (tmp_path / "recipe" / "cpu").exists()

@@ -52,9 +52,8 @@ def _plan(recorder: Recorder, fail: str = "", exclusive: str = "") -> Plan:
     nodes = {}
     for name, upstream in edges.items():
         spec = StageSpec(kind=name, fn=recorder.stage(name, fail=name == fail),
-                         inputs=dict.fromkeys(upstream, "kind"), reads=(),
-                         exclusive=name == exclusive)
-        nodes[name] = Node(name, spec, None, {"setting": 1}, upstream, {})
+                         inputs=tuple(upstream), reads=(), exclusive=name == exclusive)
+        nodes[name] = Node(name, name, spec, None, {"setting": 1}, upstream, {})
     return Plan("toy", {}, ("cpu",), nodes, frozenset())
 
 

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from pipeline import plan
-from pipeline.cli import BUNDLED_RECIPES, register_primary_config
 from pipeline.errors import RecipeError
-
-
-def compose_recipe(name: str, *overrides: str):
-    register_primary_config()
-    with initialize_config_dir(config_dir=str(BUNDLED_RECIPES), version_base="1.3"):
-        return compose(config_name="edgekiln", overrides=[f"recipe={name}", *overrides])
+from tests.fixtures.recipes import compose_recipe
 
 
 def test_shared_work_runs_once_and_targets_fan_out() -> None:
@@ -24,7 +17,7 @@ def test_shared_work_runs_once_and_targets_fan_out() -> None:
         "validate@jetson_orin", "validate@cpu",
         "package@jetson_orin", "package@cpu",
     ]
-    assert the_plan.nodes["validate@cpu"].upstream == {"model": "quantize@cpu",
+    assert the_plan.nodes["validate@cpu"].upstream == {"candidate": "quantize@cpu",
                                                        "reference": "optimize"}
 
 

@@ -162,7 +162,7 @@ def test_key_from_the_environment_with_its_password(tmp_path: Path,
     with pytest.raises(InputError, match=r"\$EDGEKILN_SIGNING_KEY: .* cannot be opened"):
         signing.signing_key({})
     monkeypatch.setenv("CI_KEY_PASSWORD", "s3cret")
-    key = signing.signing_key({"package": {"signing": {"password_env": "CI_KEY_PASSWORD"}}})
+    key = signing.signing_key({"signing": {"password_env": "CI_KEY_PASSWORD"}})
     assert key is not None
     assert key.source == "$EDGEKILN_SIGNING_KEY"
     assert key.public_key_sha256 == sha256(public)
@@ -177,14 +177,14 @@ def test_key_from_the_environment_with_its_password(tmp_path: Path,
 def test_bad_signing_configuration_is_reported(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(signing.KEY_ENV, raising=False)
-    assert signing.signing_key({"package": {"signing": {"private_key": None}}}) is None
-    missing = {"package": {"signing": {"private_key": str(tmp_path / "nope.pem")}}}
+    assert signing.signing_key({"signing": {"private_key": None}}) is None
+    missing = {"signing": {"private_key": str(tmp_path / "nope.pem")}}
     with pytest.raises(RecipeError, match=r"package\.signing\.private_key names the signing key"):
         signing.signing_key(missing)
     koblitz, _ = write_key_pair(tmp_path, "k1", curve=ec.SECP256K1())
     with pytest.raises(InputError, match="is a secp256k1 key; model-signing signs with"):
-        signing.signing_key({"package": {"signing": {"private_key": str(koblitz)}}})
-    unset = {"package": {"signing": {"private_key": str(koblitz), "password_env": "NOPE_PW"}}}
+        signing.signing_key({"signing": {"private_key": str(koblitz)}})
+    unset = {"signing": {"private_key": str(koblitz), "password_env": "NOPE_PW"}}
     monkeypatch.delenv("NOPE_PW", raising=False)
     with pytest.raises(EnvironmentProblem, match=r"'NOPE_PW' .* it is not set"):
         signing.signing_key(unset)

@@ -45,17 +45,17 @@ def test_data_that_does_not_fit_the_model(tmp_path: Path, arrays: dict[str, np.n
 def test_the_first_bad_sample_of_a_callable_is_named() -> None:
     with pytest.raises(InputError, match=r"sample \d+ \(factory\[13\]\): model input "
                                          r"'input_ids' expects int64, the sample is int32"):
-        load(TOKENS, kind="callable", factory="dataset_helpers:one_bad",
+        load(TOKENS, kind="callable", factory="tests.fixtures.dataset_helpers:one_bad",
              factory_kwargs={"count": 20, "bad": 13}, calibration_size=5, evaluation_size=5)
 
 
 @pytest.mark.parametrize(("dataset", "error", "message"), [
-    pytest.param({"factory": "dataset_helpers:unlabelled_after",
+    pytest.param({"factory": "tests.fixtures.dataset_helpers:unlabelled_after",
                   "factory_kwargs": {"count": 10, "first": 4}}, InputError,
                  "sample 4 lacks a 'labels' entry and sample 0 has one", id="some-labels"),
-    pytest.param({"factory": "dataset_helpers:NOT_CALLABLE"}, RecipeError,
+    pytest.param({"factory": "tests.fixtures.dataset_helpers:NOT_CALLABLE"}, RecipeError,
                  "is a list, not a callable", id="not-callable"),
-    pytest.param({"factory": "dataset_helpers:nope"}, RecipeError,
+    pytest.param({"factory": "tests.fixtures.dataset_helpers:nope"}, RecipeError,
                  "cannot be imported", id="missing-callable"),
     pytest.param({"factory": "dataset_helpers"}, RecipeError,
                  "must look like 'package.module:callable'", id="no-colon"),
@@ -137,7 +137,7 @@ def _keys(*overrides: str, state_dir: Path) -> dict[str, str]:
         cfg = compose(config_name="edgekiln", overrides=["recipe=digits_torch", *overrides])
     nodes = plan.build(cfg).nodes
     state = DigestState(state_dir / "state.json")
-    return {name: cache_key(key_payload(nodes[name], {"model": "m", "reference": "r"}, state))
+    return {name: cache_key(key_payload(nodes[name], {"candidate": "m", "reference": "r"}, state))
             for name in ("quantize@cpu", "validate@cpu", "package@cpu")}
 
 
@@ -182,8 +182,9 @@ def _would(dry_run_output: str, stage: str) -> str:
 @pytest.mark.slow
 def test_cli_builds_from_npz_and_rebuilds_when_its_content_changes(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from cli import run_cli
     from sklearn.datasets import load_digits
+
+    from tests.fixtures.cli import run_cli
 
     digits = load_digits()
     images = (digits.images[:, None] / 16.0).astype(np.float32)

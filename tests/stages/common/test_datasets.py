@@ -214,9 +214,9 @@ def test_image_split_folders_decode_only_the_files_used(tmp_path: Path,
 # --- callable and synthetic -------------------------------------------------------------------
 
 def test_callable_feeds_get_a_batch_axis_and_labels() -> None:
-    from dataset_helpers import tokens
+    from tests.fixtures.dataset_helpers import tokens
 
-    data = load(TOKENS, kind="callable", factory="dataset_helpers:tokens",
+    data = load(TOKENS, kind="callable", factory="tests.fixtures.dataset_helpers:tokens",
                 factory_kwargs={"count": 30}, calibration_size=5, evaluation_size=10)
     assert [len(data.splits[n].feeds) for n in SPLITS] == [5, 10, 15]
     assert_disjoint(data)
@@ -230,7 +230,7 @@ def test_callable_feeds_get_a_batch_axis_and_labels() -> None:
 
 
 def test_an_endless_callable_is_read_up_to_the_sizes() -> None:
-    data = load(TOKENS, kind="callable", factory="dataset_helpers:endless_tokens",
+    data = load(TOKENS, kind="callable", factory="tests.fixtures.dataset_helpers:endless_tokens",
                 calibration_size=3, evaluation_size=4, training_size=5)
     assert [len(data.splits[n].feeds) for n in SPLITS] == [3, 4, 5]
     values = sorted(int(f["input_ids"][0, 0]) for n in SPLITS for f in data.splits[n].feeds)

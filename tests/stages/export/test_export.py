@@ -55,7 +55,7 @@ def test_torch_digits_with_checkpoint(context_factory: Any) -> None:
 def test_torch_two_inputs_with_int64(context_factory: Any) -> None:
     inputs = [{"name": "features", "dtype": "float32", "shape": ["batch", 4]},
               {"name": "tokens", "dtype": "int64", "shape": ["batch", 6], "low": 0, "high": 10}]
-    ctx = context_factory(config("torch", inputs, factory="export_models:two_inputs",
+    ctx = context_factory(config("torch", inputs, factory="tests.fixtures.export_models:two_inputs",
                                  outputs=["score", "pooled"]))
     summary = export(ctx)
     assert [(i["name"], i["dtype"]) for i in summary["inputs"]] == [("features", "float32"),
@@ -70,7 +70,7 @@ def test_torch_two_inputs_with_int64(context_factory: Any) -> None:
 
 def test_large_torch_model_keeps_weights_beside_the_graph(context_factory: Any) -> None:
     inputs = [{"name": "x", "dtype": "float32", "shape": ["batch", 768]}]
-    ctx = context_factory(config("torch", inputs, factory="export_models:wide_mlp"))
+    ctx = context_factory(config("torch", inputs, factory="tests.fixtures.export_models:wide_mlp"))
     summary = export(ctx)
     assert (ctx.out / WEIGHTS_FILE).stat().st_size > 1 << 20
     assert len(load_model(model_file(ctx.out)).graph.initializer) == 4
@@ -94,7 +94,8 @@ def test_keras_file(context_factory: Any) -> None:
 def test_keras_factory_with_two_inputs(context_factory: Any) -> None:
     inputs = [{"name": "features", "dtype": "float32", "shape": ["batch", 3]},
               {"name": "tokens", "dtype": "int32", "shape": ["batch", 5], "low": 0, "high": 10}]
-    ctx = context_factory(config("tensorflow", inputs, factory="export_models:keras_two_inputs"))
+    factory = "tests.fixtures.export_models:keras_two_inputs"
+    ctx = context_factory(config("tensorflow", inputs, factory=factory))
     summary = export(ctx)
     assert [i["dtype"] for i in summary["inputs"]] == ["float32", "int32"]
     assert [o["name"] for o in summary["outputs"]] == ["output_0"]
@@ -192,6 +193,6 @@ def test_unknown_factory_names_the_key(context_factory: Any) -> None:
 
 def test_parity_failure_says_by_how_much(context_factory: Any) -> None:
     inputs = [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}]
-    ctx = context_factory(config("torch", inputs, factory="export_models:drifting"))
+    ctx = context_factory(config("torch", inputs, factory="tests.fixtures.export_models:drifting"))
     with pytest.raises(StageError, match=r"output '.+' .* differs .* by up to [1-9]"):
         export(ctx)

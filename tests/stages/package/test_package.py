@@ -59,7 +59,7 @@ def test_package_writes_model_metadata_and_loader(context_factory: Any,
     ctx = context_factory(config(CPU), inputs={"model": models.int8}, target="cpu")
     summary = package(ctx)
     files = {"model.onnx", "coverage.json", "providers.json", "signature.json",
-             "load_model.py"}
+             "load_model.py", "requirements.txt"}  # no validate report: no samples.npz
     assert set(summary["files"]) == files  # small model: no external data file
     assert {p.name for p in ctx.out.iterdir()} == files
     assert (ctx.out / "load_model.py").read_text() == TEMPLATE.read_text()

@@ -18,11 +18,11 @@ from conftest import make_context
 from omegaconf import OmegaConf
 
 from pipeline.errors import RecipeError
-from pipeline.schema import QuantizeConfig
 from stages.common.datasets.splits import load_dataset
 from stages.common.onnx_files import model_file
 from stages.export.stage import export
 from stages.optimize.stage import optimize
+from stages.quantize.params import QuantizeParams
 from stages.quantize.qat import quantize_aware
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ DIGITS = {"kind": "digits", "seed": 0, "calibration_size": 256, "evaluation_size
 def _recipe_quantize() -> dict[str, Any]:
     """The quantize section digits_qat composes: schema defaults < qat preset < the recipe."""
     recipe = OmegaConf.load(RECIPES / "recipe" / "digits_qat.yaml")
-    merged = OmegaConf.merge(OmegaConf.structured(QuantizeConfig),
+    merged = OmegaConf.merge(OmegaConf.structured(QuantizeParams),
                              OmegaConf.load(RECIPES / "quantize" / "qat.yaml"), recipe.quantize)
     return OmegaConf.to_container(merged, enum_to_str=True)
 

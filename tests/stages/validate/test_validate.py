@@ -101,7 +101,7 @@ def config(target: dict[str, Any] = CPU_TARGET, dataset: dict[str, Any] = DIGITS
 
 def run(context_factory: Any, cfg: dict[str, Any], candidate: Path,
         reference: Path) -> dict[str, Any]:
-    ctx = context_factory(cfg, inputs={"model": candidate, "reference": reference}, target="t")
+    ctx = context_factory(cfg, inputs={"candidate": candidate, "reference": reference}, target="t")
     return validate(ctx)
 
 
@@ -131,7 +131,7 @@ def test_int8_report_is_plausible_and_written(context_factory: Any,
                                               models: DigitsModels) -> None:
     cfg = config(max_accuracy_drop=0.05, min_top1_agreement=0.9, min_cosine=0.98,
                  max_cpu_fallback_nodes=0)
-    ctx = context_factory(cfg, inputs={"model": models.int8, "reference": models.fp32},
+    ctx = context_factory(cfg, inputs={"candidate": models.int8, "reference": models.fp32},
                           target="cpu")
     summary = validate(ctx)
     assert json.loads((ctx.out / "report.json").read_text()) == summary
@@ -158,7 +158,7 @@ def test_samples_hold_inputs_and_the_candidates_outputs(context_factory: Any,
                                                         models: DigitsModels) -> None:
     import onnxruntime as ort
 
-    ctx = context_factory(config(), inputs={"model": models.int8, "reference": models.fp32})
+    ctx = context_factory(config(), inputs={"candidate": models.int8, "reference": models.fp32})
     samples = validate(ctx)["samples"]
     assert samples["count"] == 4
     assert samples["inputs"] == {INPUT: f"input:{INPUT}"}
