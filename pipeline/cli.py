@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.registry import load_kinds
-from pipeline.schema import register_configs
+from pipeline.schema import recipe_schema
 from pipeline.suggest import Tee, suggestion
 
 if TYPE_CHECKING:
@@ -42,12 +42,11 @@ def search_path() -> list[Path]:
 
 
 def register_primary_config() -> None:
-    schemas = register_configs(load_kinds())
     ConfigStore.instance().store(name="edgekiln", node={
-        # the default graph comes before the recipe, which may override it or add stages
-        "defaults": [*schemas, "_self_", {"pipeline": "default"}, {"recipe": "???"}],
-        "name": "???",
-        "description": "",
+        # the schema first, then the default graph, then the recipe, which may override the
+        # graph or add stages to it
+        "defaults": ["_self_", {"pipeline": "default"}, {"recipe": "???"}],
+        **recipe_schema(load_kinds()),
         "hydra": {
             "searchpath": [f"file://{p}" for p in search_path()],
             "run": {"dir": "${run.artifacts_dir}/${hydra:runtime.choices.recipe}/_hydra/"

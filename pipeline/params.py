@@ -9,6 +9,7 @@ naming the layer's full key.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
@@ -30,8 +31,13 @@ def stage_params(resolved: dict[str, Any], stage: Stage, target: str | None) -> 
         if stage.params:
             raise RecipeError(f"stages.{stage.name}.params: kind '{spec.kind}' takes no params.")
         return {}
+    layers = _layers(resolved, stage, target)
+    if len(layers) == 1 and layers[0][0] == stage.name:
+        # only the top-level section, which composition already checked against this very
+        # dataclass and filled with its defaults: a second merge would only cost time
+        return copy.deepcopy(layers[0][1])  # the node may take keys out of its own copy
     merged = OmegaConf.structured(spec.params)
-    for where, layer in _layers(resolved, stage, target):
+    for where, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as exc:

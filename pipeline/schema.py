@@ -1,7 +1,8 @@
 """Typed schema of a recipe: every key a recipe may set, with its type and default.
 
 OmegaConf checks recipes against these dataclasses on every merge and override, so a typo or a
-wrong type fails during composition with the full key path.
+wrong type fails during composition with the full key path. Each stage kind's settings live
+with the kind (``stages/<kind>/params.py``); ``recipe_schema`` adds their sections.
 """
 
 from __future__ import annotations
@@ -159,24 +160,22 @@ class StageEntry:
 CORE_SECTIONS = ("name", "description", "model", "dataset", "targets", "stages", "run")
 
 
-def register_configs(kinds: dict[str, Any]) -> list[str]:
-    """Store the schema in Hydra's ConfigStore under its own group, never among the options.
+def recipe_schema(kinds: dict[str, Any]) -> dict[str, Any]:
+    """The typed sections of a recipe: its own, and those of the kinds that have one.
 
-    Returns the defaults-list entries that put each schema at its place in the recipe. The
-    root stays a plain mapping, so kinds can add sections; the plan rejects unknown ones.
+    The root stays a plain mapping of typed sections (not one dataclass), so installed kinds
+    can add theirs; the plan rejects unknown top-level keys. It goes into the primary config
+    itself, not into separate schema entries: each defaults entry costs a config load and
+    merge on every run, and a cached rebuild is mostly Hydra's composition.
     """
-    from hydra.core.config_store import ConfigStore
     from omegaconf import DictConfig
 
-    store = ConfigStore.instance()
-    typed = {"model": ModelConfig, "dataset": DatasetConfig, "run": RunConfig,
-             "targets": DictConfig({}, key_type=str, element_type=TargetConfig),
-             "stages": DictConfig({}, key_type=str, element_type=StageEntry)}
-    for name, node in typed.items():
-        store.store(group="schema", name=name, node=node)
-    entries = [f"schema/{name}@{name}" for name in typed]
+    sections: dict[str, Any] = {
+        "name": MISSING, "description": "",
+        "model": ModelConfig, "dataset": DatasetConfig, "run": RunConfig,
+        "targets": DictConfig({}, key_type=str, element_type=TargetConfig),
+        "stages": DictConfig({}, key_type=str, element_type=StageEntry)}
     for kind, spec in sorted(kinds.items()):
         if spec.section and spec.params is not None:
-            store.store(group="schema/section", name=kind, node=spec.params)
-            entries.append(f"schema/section/{kind}@{kind}")
-    return entries
+            sections[kind] = spec.params
+    return sections
