@@ -1,8 +1,10 @@
 """Run a plan: look every node up in the cache, build what is missing, in parallel.
 
 A node is ready once all its upstream nodes have finished; up to ``jobs`` ready nodes build at
-once. After a failure nothing new starts; nodes already running finish (and are cached, so a
-re-run of the same command resumes from there).
+once. A node whose input failed or was skipped is skipped. After a stage crashes nothing new
+starts; nodes already running finish (and are cached, so a re-run of the same command resumes
+from there). A failed quality gate stops only what depends on it, so every other target is
+still validated and gets its verdict.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import OmegaConf
 
-from pipeline.errors import PipelineError, StageError
+from pipeline.errors import GateError, PipelineError, StageError
 from pipeline.keys import cache_key, key_payload
 from pipeline.registry import StageContext
 
@@ -48,8 +50,8 @@ def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, Node
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         running: dict[Future[NodeResult], str] = {}
         while pending or running:
-            failed = any(r.status == "failed" for r in runner.results.values())
-            for name in [] if failed else _ready(pending, runner.results):
+            _skip_blocked(pending, runner.results, display)
+            for name in [] if _halted(runner.results) else _ready(pending, runner.results):
                 node = pending[name]
                 busy = [plan.nodes[n] for n in running.values()]
                 if len(busy) >= jobs or _must_wait(node, busy):
@@ -68,6 +70,22 @@ def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, Node
         runner.results[name] = NodeResult(node, "skipped")
         display.finished(runner.results[name])
     return {name: runner.results[name] for name in plan.nodes}
+
+
+def _halted(results: dict[str, NodeResult]) -> bool:
+    return any(r.status == "failed" and not isinstance(r.error, GateError)
+               for r in results.values())
+
+
+def _skip_blocked(pending: dict[str, Node], results: dict[str, NodeResult],
+                  display: Display) -> None:
+    # plan order is topological, so one pass also reaches the dependents of what it skips
+    for name, node in list(pending.items()):
+        if any(results.get(up) and results[up].status in ("failed", "skipped")
+               for up in node.upstream.values()):
+            results[name] = NodeResult(node, "skipped")
+            display.finished(results[name])
+            del pending[name]
 
 
 def _must_wait(node: Node, running: list[Node]) -> bool:
@@ -100,6 +118,7 @@ class _Runner:
                 entry, status = self._build(node, key, payload, inputs)  # type: ignore[arg-type]
         except PipelineError as exc:
             error = type(exc)(f"stage '{node.name}': {exc}")
+            error.__cause__ = exc  # --verbose shows the traceback of the stage's own error
             return NodeResult(node, "failed", time.perf_counter() - start, error=error)
         return NodeResult(node, status, time.perf_counter() - start, key, entry)
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from pipeline import executor, plan
 from pipeline.bundle import publish as bundle
 from pipeline.cache import Cache, Entry
+from pipeline.errors import GateError
 from pipeline.keys import cache_key, key_payload
 from pipeline.progress import LiveDisplay, summary_table
 
@@ -45,8 +46,17 @@ def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any
     console.print(summary_table(results, f"{the_plan.recipe}: {verdict}"))
     errors = [r.error for r in results.values() if r.error is not None]
     if errors:
-        raise errors[0]
+        raise _first_or_all_gates(errors)
     return record
+
+
+def _first_or_all_gates(errors: list[PipelineError]) -> PipelineError:
+    """The error the run exits with: a crash first; failed gates together, one per target."""
+    crashes = [e for e in errors if not isinstance(e, GateError)]
+    if crashes or len(errors) == 1:
+        return (crashes or errors)[0]
+    return GateError(f"{len(errors)} stages failed their quality gates; "
+                     + " | ".join(str(e) for e in errors))
 
 
 def _record(the_plan: plan.Plan, results: dict[str, executor.NodeResult],

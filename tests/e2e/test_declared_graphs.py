@@ -198,3 +198,30 @@ def test_a_graph_mistake_is_one_paragraph_with_exit_2(tmp_path: Path) -> None:
             "mean 'optimize'?") in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "artifacts" / ".cache" / "objects").exists()
+
+
+FAILING = '''
+from pipeline.registry import stage
+
+
+@stage("op_census", inputs=("model",))
+def op_census(ctx):
+    raise ValueError("census could not count")  # the line --verbose must show
+'''
+
+
+def test_verbose_shows_the_stage_s_own_traceback(tmp_path: Path) -> None:
+    config_dir = team_dir(tmp_path)
+    env = _site(tmp_path, "failing", FAILING)
+    _recipe(config_dir, "team_failing", """
+        stages:
+          census: {kind: op_census, inputs: {model: optimize}}
+    """)
+    quiet = _build(tmp_path, config_dir, "team_failing", env=env)
+    assert quiet.code == 1
+    assert ("stage failed: stage 'census': failed: ValueError: census could not count"
+            in quiet.stderr)
+    assert "Traceback" not in quiet.stderr
+    loud = _build(tmp_path, config_dir, "team_failing", "--verbose", env=env)
+    assert loud.code == 1
+    assert 'raise ValueError("census could not count")' in loud.stderr

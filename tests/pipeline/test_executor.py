@@ -29,7 +29,7 @@ class Recorder:
     def status(self, node: Node, message: str) -> None: ...
     def finished(self, result: NodeResult) -> None: ...
 
-    def stage(self, name: str, fail: bool = False):
+    def stage(self, name: str, fail: bool = False, crash: bool = False):
         def fn(ctx: StageContext) -> dict[str, Any]:
             with self.lock:
                 self.calls.append(name)
@@ -40,18 +40,21 @@ class Recorder:
                 self.active.discard(name)
             if fail:
                 raise GateError("min_cosine: measured 0.5 < threshold 0.9")
+            if crash:
+                raise ValueError(f"{name} crashed")
             upstream = "".join((p / "value.txt").read_text() for p in ctx.inputs.values())
             (ctx.out / "value.txt").write_text(upstream + name)
             return {"wrote": name}
         return fn
 
 
-def _plan(recorder: Recorder, fail: str = "", exclusive: str = "") -> Plan:
+def _plan(recorder: Recorder, fail: str = "", exclusive: str = "", crash: str = "") -> Plan:
     """a -> (b, c) -> d, where b and c are independent."""
     edges = {"a": {}, "b": {"in": "a"}, "c": {"in": "a"}, "d": {"x": "b", "y": "c"}}
     nodes = {}
     for name, upstream in edges.items():
-        spec = StageSpec(kind=name, fn=recorder.stage(name, fail=name == fail),
+        spec = StageSpec(kind=name, fn=recorder.stage(name, fail=name == fail,
+                                                      crash=name == crash),
                          inputs=tuple(upstream), reads=(), exclusive=name == exclusive)
         nodes[name] = Node(name, name, spec, None, {"setting": 1}, upstream, {})
     return Plan("toy", {}, ("cpu",), nodes, frozenset())
@@ -106,3 +109,21 @@ def test_forced_node_rebuilds_and_keeps_its_key(tmp_path: Path) -> None:
     assert recorder.calls == ["b"]
     assert again["b"].key == first["b"].key
     assert again["d"].status == "cached"
+
+
+def test_a_failed_gate_lets_independent_nodes_finish(tmp_path: Path) -> None:
+    """Like one target failing its gate: the other targets still get validated."""
+    recorder = Recorder()
+    results = run(_plan(recorder, fail="b"), Cache(tmp_path), jobs=1, display=recorder)
+    assert {n: r.status for n, r in results.items()} == {
+        "a": "ran", "b": "failed", "c": "ran", "d": "skipped"}
+
+
+def test_a_crash_starts_nothing_new_and_keeps_its_cause(tmp_path: Path) -> None:
+    recorder = Recorder()
+    results = run(_plan(recorder, crash="b"), Cache(tmp_path), jobs=1, display=recorder)
+    assert {n: r.status for n, r in results.items()} == {
+        "a": "ran", "b": "failed", "c": "skipped", "d": "skipped"}
+    error = results["b"].error
+    assert str(error) == "stage 'b': failed: ValueError: b crashed"
+    assert isinstance(error.__cause__.__cause__, ValueError)  # type: ignore[union-attr]
