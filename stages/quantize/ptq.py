@@ -17,12 +17,15 @@ import io
 import json
 import logging
 import re
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import RecipeError, did_you_mean
+from pipeline.errors import RecipeError, StageError, did_you_mean
 from stages.common import onnx_files
 from stages.common.onnx_files import model_stats
 
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
     from stages.common.datasets.splits import Feed
 
 log = logging.getLogger(__name__)
+# quant_pre_process in a child process (its CLI refuses models with external data)
+PRE_PROCESS = ("import json, sys\n"
+               "from onnxruntime.quantization.shape_inference import quant_pre_process\n"
+               "quant_pre_process(**json.loads(sys.argv[1]))\n")
 
 FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
 TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
@@ -238,24 +245,47 @@ def _pre_process(source: Path, directory: Path) -> Path:
     optimize (basic + shape inference) it changed nothing on resnet18 (+0.16 s), but it covers
     optimize.level=none or shape_inference=false, and symbolic inference helps transformers.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     directory.mkdir()
-    target = onnx_files.model_file(directory)
     contrib = sorted(op for op in model_stats(source)["ops"] if ":" in op)
     if contrib:  # measured: resnet18 after level=extended keeps 9 FusedConv in float
         log.warning("quantize: the quantizer leaves contrib ops %s in float; optimize.level="
                     "basic keeps them plain, quantizable ops", ", ".join(contrib))
-    large = bool(onnx_files.external_data_files(onnx_files.model_file(source)))
-    model, options = str(onnx_files.model_file(source)), {
-        "save_as_external_data": large, "all_tensors_to_one_file": True,
-        "external_data_location": onnx_files.WEIGHTS_FILE}
-    try:  # symbolic shape inference gives up on contrib ops; ONNX's then runs alone
-        quant_pre_process(model, str(target), skip_symbolic_shape=bool(contrib), **options)
-    except Exception as error:  # it raises a bare Exception for any op it cannot follow
-        log.warning("quantize: symbolic shape inference failed (%s); using ONNX's alone", error)
-        quant_pre_process(model, str(target), skip_symbolic_shape=True, **options)
-    return target
+    options = {"input_model": str(onnx_files.model_file(source).resolve()),
+               "output_model_path": str(onnx_files.model_file(directory).resolve()),
+               "skip_symbolic_shape": bool(contrib)}
+    if onnx_files.external_data_files(onnx_files.model_file(source)):
+        options |= {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                    "external_data_location": onnx_files.WEIGHTS_FILE}
+    # symbolic shape inference gives up on contrib ops; ONNX's then runs alone
+    failed = _run_tool(PRE_PROCESS, options, directory)
+    if failed:  # it raises a bare Exception for any op it cannot follow
+        log.warning("quantize: symbolic shape inference failed (%s); using ONNX's alone", failed)
+        if error := _run_tool(PRE_PROCESS, {**options, "skip_symbolic_shape": True}, directory):
+            raise StageError(f"onnxruntime's quantization pre-processing failed: {error}")
+    if not onnx_files.model_file(directory).is_file():
+        raise StageError("onnxruntime's quantization pre-processing wrote no model")
+    return onnx_files.model_file(directory)
+
+
+def _run_tool(code: str, arguments: dict[str, Any], scratch: Path) -> str | None:
+    """Run ``code`` (given ``arguments`` as JSON) in a child process working in a folder
+    beside ``scratch``; returns the last line it printed on failure, else None.
+
+    In a child process of its own so that what it writes to its working directory (symbolic
+    shape inference saves sym_shape_infer_temp.onnx and a weights file there when it gives up)
+    lands in the stage's scratch space, never in the user's folder.
+    """
+    work = scratch.parent / f".{scratch.name}.cwd"
+    work.mkdir(exist_ok=True)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], cwd=work,
+                              capture_output=True, text=True, check=False, timeout=3600)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode == 0:
+        return None
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit {proc.returncode}"
 
 
 def _to_fp16(source: Path, out: Path) -> None:
