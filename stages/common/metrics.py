@@ -19,6 +19,7 @@ ATOL_FLOOR = 1e-4
 
 
 def agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement, mean and lowest per-sample cosine, max abs diff (axis 0 = sample)."""
     candidate, reference = candidate.astype(np.float64), reference.astype(np.float64)
     flat_c = candidate.reshape(len(candidate), -1)
     flat_r = reference.reshape(len(reference), -1)
@@ -30,6 +31,7 @@ def agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {
         "top1_agreement": float(np.mean(candidate.argmax(-1) == reference.argmax(-1))),
         "mean_cosine": float(np.mean(cosine)),
+        "min_sample_cosine": float(np.min(cosine)),
         "max_abs_diff": float(np.max(np.abs(candidate - reference))),
     }
 

@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 class GatesParams:
     max_accuracy_drop: float | None = None
     min_top1_agreement: float | None = None
+    # mean cosine over the evaluation samples, and the lowest single sample's: a mean of 0.99
+    # can hide samples at 0.9 (an embedding model's worst inputs)
     min_cosine: float | None = None
+    min_sample_cosine: float | None = None
+    # candidate p50 speedup over the FP32 reference on the validating EP (1.0 = as fast)
+    min_speedup: float | None = None
     max_abs_diff: float | None = None
     # nodes the target's first-choice EP leaves to the CPU EP (0 = none); measured only where
     # that EP runs here

@@ -36,6 +36,8 @@ GATES = {
     "max_accuracy_drop": ("accuracy_drop", True),
     "min_top1_agreement": ("top1_agreement", False),
     "min_cosine": ("mean_cosine", False),
+    "min_sample_cosine": ("min_sample_cosine", False),
+    "min_speedup": ("speedup", False),
     "max_abs_diff": ("max_abs_diff", True),
     "max_cpu_fallback_nodes": ("cpu_fallback_nodes", True),
 }
@@ -120,6 +122,7 @@ def _measure(ctx: StageContext, runtime: TargetRuntime, report: dict[str, Any],
                             "runs": cfg.latency_runs, "warmup_runs": cfg.warmup_runs,
                             "on": report["ran_on"][0], "runtime": runtime.info["pinned"]}
     report["latency_ms"]["speedup"] = metrics.speedup(report["latency_ms"])
+    report["speedup"] = report["latency_ms"]["speedup"]
     host_cpu = [{"name": CPU, "options": {}}]
     host_jobs = []
     if runtime.python or jobs["reference"]["ran_on"] != [CPU]:

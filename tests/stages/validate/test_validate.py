@@ -342,3 +342,19 @@ def test_ep_dropped_by_onnxruntime_is_caught(context_factory: Any, models: Digit
         f"{OV} not available: onnxruntime-openvino==")
     assert "did not register it" in summary["not_validated_reason"]
     assert "Device GPU is not available" in summary["not_validated_reason"]
+
+
+def test_per_sample_cosine_and_speedup_are_reported_and_gated(context_factory: Any,
+                                                              models: DigitsModels) -> None:
+    summary = run(context_factory, config(), models.int8, models.fp32)
+    assert 0 < summary["min_sample_cosine"] <= summary["mean_cosine"] < 1.0
+    assert summary["speedup"] == summary["latency_ms"]["speedup"] > 0
+    # a threshold between the worst sample and the mean: only the per-sample gate sees it
+    between = (summary["min_sample_cosine"] + summary["mean_cosine"]) / 2
+    cfg = config(min_cosine=summary["min_sample_cosine"], min_sample_cosine=between,
+                 min_speedup=1000.0)
+    with pytest.raises(GateError, match=r"failed 2 quality gate") as caught:
+        run(context_factory, cfg, models.int8, models.fp32)
+    assert "validate.gates.min_sample_cosine: measured" in str(caught.value)
+    assert "validate.gates.min_speedup: measured" in str(caught.value)
+    assert "validate.gates.min_cosine" not in str(caught.value)
