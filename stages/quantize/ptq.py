@@ -69,7 +69,8 @@ def settings(cfg: Any, key: str = "quantize") -> dict[str, Any]:
         return common
     _check_static(cfg, key)
     calibration = {"calibration_method": cfg.calibration.method,
-                   "calibration_samples": int(cfg.calibration.samples)}
+                   "calibration_samples": int(cfg.calibration.samples),
+                   "calibration_batch_size": max(1, int(cfg.calibration.batch_size))}
     if cfg.calibration.method == "percentile":
         calibration["calibration_percentile"] = float(cfg.calibration.percentile)
     return {**common, "format": cfg.format, "activation_type": cfg.activation_type,
@@ -181,11 +182,12 @@ class Quantizer:
                 "WeightSymmetric": settings["weight_symmetric"]})
             return
         feeds = (self.feeds or [])[:settings["calibration_samples"]]
+        batch = settings["calibration_batch_size"] if _dynamic_batch(Path(prepared)) else 1
         if "calibration_cache_path" in inspect.signature(ortq.quantize_static).parameters:
             common["calibration_cache_path"] = cache = self._calibration_cache(settings)
-            reader = None if cache.is_file() else feed_reader(feeds)
+            reader = None if cache.is_file() else feed_reader(feeds, batch)
         else:  # onnxruntime before the cache: calibrate every time
-            reader = feed_reader(feeds)
+            reader = feed_reader(feeds, batch)
         with contextlib.redirect_stdout(io.StringIO()) as printed:  # histogram calibrators print
             ortq.quantize_static(
                 prepared, str(target), reader,
@@ -200,7 +202,7 @@ class Quantizer:
         """One cache file per set of knobs that change the measured ranges."""
         identity = {k: settings.get(k) for k in (
             "pre_process", "calibration_method", "calibration_percentile", "calibration_samples",
-            "op_types_to_quantize")}
+            "calibration_batch_size", "op_types_to_quantize")}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         return self.workdir / f"calibration-{digest}.json"
 
@@ -296,12 +298,31 @@ def _to_fp16(source: Path, out: Path) -> None:
     onnx_files.save_model(convert_float_to_float16(model, keep_io_types=True), out)
 
 
-def feed_reader(feeds: list[Feed]) -> Any:
+def _dynamic_batch(path: Path) -> bool:
+    """Whether every graph input's first axis is dynamic, so samples can run stacked."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    return bool(inputs) and all(
+        v.type.tensor_type.shape.dim and not v.type.tensor_type.shape.dim[0].HasField(
+            "dim_value") for v in inputs)
+
+
+def feed_reader(feeds: list[Feed], batch: int = 1) -> Any:
+    """ORT's calibration reader over ``feeds``, ``batch`` samples stacked along axis 0 a run."""
+    import numpy as np
     from onnxruntime.quantization import CalibrationDataReader
+
+    runs = [feeds[i:i + batch] for i in range(0, len(feeds), batch)]
+    stacked = (feeds if batch == 1 else
+               [{name: np.concatenate([feed[name] for feed in run]) for name in run[0]}
+                for run in runs])
 
     class FeedReader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._next = iter(feeds)
+            self._next = iter(stacked)
 
         def get_next(self) -> Feed | None:
             return next(self._next, None)

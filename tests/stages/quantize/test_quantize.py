@@ -312,3 +312,15 @@ def test_pre_process_can_be_turned_off(cnn: Path, tmp_path: Path, pre_process: b
     assert summary["pre_process"] is pre_process
     metadata = {p.key for p in onnx.load(str(model_file(tmp_path / "int8"))).metadata_props}
     assert ("onnx.quant.pre_process" in metadata) is pre_process
+
+
+def test_batched_calibration_measures_the_same_ranges(cnn: Path, tmp_path: Path) -> None:
+    """MinMax ranges are the min/max over every sample, however the samples are grouped: a
+    batch of 16 gives the same model bytes as one sample at a time, and the same bytes again
+    on a second run."""
+    builds = {name: _quantize(cnn, tmp_path / name, calibration={"samples": 64,
+                                                                   "batch_size": batch})
+              for name, batch in (("one", 1), ("batched", 16), ("again", 16))}
+    assert builds["batched"]["calibration_batch_size"] == 16
+    models = {name: (tmp_path / name / "model.onnx").read_bytes() for name in builds}
+    assert models["one"] == models["batched"] == models["again"]
