@@ -14,6 +14,7 @@ scored and kept in float together with its single consumer.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from stages.quantize.ptq import feed_reader
 
 if TYPE_CHECKING:
     from stages.common.datasets.splits import Feed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,14 +59,30 @@ def rank(float_model: Path, qdq_model: Path, feeds: list[Feed],
     sqnr = {name: errors["xmodel_err"]
             for name, errors in debug.compute_activation_error(matching).items()
             if "xmodel_err" in errors}
-    weights = debug.compute_weight_error(
-        debug.create_weight_matching(str(float_model), str(qdq_model)))
+    weights = _weight_errors(debug, float_model, qdq_model)
     graph = onnx_files.load_model(float_model).graph
     units = [_score(chain, sqnr, weights, _producers(graph)) for chain in _chains(graph, sqnr)]
     ranked = [u for u in units if u is not None and u.added_noise > 0
               and not skip.intersection(u.nodes)]
     # ties (equal noise, as in a chain of pass-through ops) break on the worse weights, then name
     return sorted(ranked, key=lambda u: (-u.added_noise, u.weight_sqnr_db or 1e9, u.nodes))
+
+
+def _weight_errors(debug: Any, float_model: Path, qdq_model: Path) -> dict[str, float]:
+    """SQNR of each quantized weight, one at a time: onnxruntime's own loop crashes on a 0-d
+    weight (a scalar Mul operand dequantizes to a numpy scalar, which has no len()), and a
+    weight it cannot score only loses its tie-break, so it is skipped with a note."""
+    import numpy as np
+
+    errors = {}
+    for name, pair in debug.create_weight_matching(str(float_model), str(qdq_model)).items():
+        try:
+            errors[name] = float(debug.compute_signal_to_quantization_noice_ratio(
+                np.atleast_1d(pair["float"]), np.atleast_1d(pair["dequantized"])))
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            log.warning("sensitivity: onnxruntime could not score weight %s (%s); ranking "
+                        "without it", name, exc)
+    return errors
 
 
 def _chains(graph: Any, matched: dict[str, float]) -> list[list[Any]]:
