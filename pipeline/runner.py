@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import executor, plan
+from pipeline import executor, plan, verdicts
 from pipeline.bundle import publish as bundle
 from pipeline.cache import Cache, Entry
 from pipeline.errors import GateError
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 
 def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """Build the recipe ``cfg``; returns the run record, raises the first stage error."""
-    console = console or Console(stderr=True)
+    # logs and CI are no terminal: rich would wrap the tables at 80 columns there
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     the_plan = plan.build(cfg)
     run_cfg = the_plan.resolved["run"]
     cache = Cache(Path(run_cfg["cache_dir"]))
@@ -41,9 +43,13 @@ def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any
     bundles = bundle.publish(the_plan, results, recipe_dir, cache.state)
     cache.state.save()
     record = _record(the_plan, results, bundles, time.time() - started)
+    rows = verdicts.bundle_rows(the_plan, results, bundle.bundle_names(the_plan))
+    record["bundles_summary"] = rows
     _write_json(recipe_dir / "run.json", record)
     verdict = "ok" if record["ok"] else "FAILED"
     console.print(summary_table(results, f"{the_plan.recipe}: {verdict}"))
+    if rows:
+        console.print(verdicts.table(rows, f"{the_plan.recipe}: bundles"))
     errors = [r.error for r in results.values() if r.error is not None]
     if errors:
         raise _first_or_all_gates(errors)

@@ -120,6 +120,13 @@ def test_two_quantized_candidates_are_validated_and_published_side_by_side(
     assert result.code == 0, result.stderr
     record = run_record(tmp_path / "artifacts", "team_two")
     assert statuses(record)["export"] == "ran"  # once, for both candidates
+    # the end-of-run summary: one row per bundle, what shipped and how it compares with FP32
+    rows = {row["bundle"]: row for row in record["bundles_summary"]}
+    assert {b: (r["precision"], r["verdict"]) for b, r in rows.items()} == {
+        "cpu-package": ("static", "published"), "cpu-package_dynamic": ("dynamic", "published")}
+    assert 0 < rows["cpu-package"]["size"] < rows["cpu-package"]["size_fp32"]
+    assert 0.9 < rows["cpu-package"]["min_sample_cosine"] <= rows["cpu-package"]["mean_cosine"]
+    assert "cpu-package_dynamic │ dynamic" in result.stderr
     static, dynamic = (tmp_path / "artifacts" / "team_two" / f"cpu-{name}"
                        for name in ("package", "package_dynamic"))
     assert "QuantizeLinear" in _ops(static)
@@ -225,3 +232,30 @@ def test_verbose_shows_the_stage_s_own_traceback(tmp_path: Path) -> None:
     loud = _build(tmp_path, config_dir, "team_failing", "--verbose", env=env)
     assert loud.code == 1
     assert 'raise ValueError("census could not count")' in loud.stderr
+
+
+def test_one_target_failing_its_gate_leaves_the_other_validated_and_published(
+        tmp_path: Path) -> None:
+    config_dir = team_dir(tmp_path)
+    (config_dir / "recipe" / "team_gate.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        defaults:
+          - team_linear
+          - /target@targets.strict: x86_cpu
+          - _self_
+        name: team_gate
+        targets:
+          strict:
+            stages: {validate: {gates: {min_cosine: 1.5}}}
+    """))
+    result = _build(tmp_path, config_dir, "team_gate")
+    assert result.code == 4, result.stderr
+    assert "validate.gates.min_cosine: measured" in result.stderr
+    record = run_record(tmp_path / "artifacts", "team_gate")
+    assert statuses(record)["validate@cpu"] == "ran"
+    assert statuses(record)["package@strict"] == "skipped"
+    verdicts = {row["bundle"]: row["verdict"] for row in record["bundles_summary"]}
+    assert verdicts["cpu"] == "published"
+    assert verdicts["strict"].startswith("FAILED validate@strict")
+    assert (tmp_path / "artifacts" / "team_gate" / "cpu" / "manifest.json").is_file()
+    assert not (tmp_path / "artifacts" / "team_gate" / "strict").exists()
