@@ -56,6 +56,16 @@ class Plan:
     nodes: dict[str, Node]  # in execution (topological) order
     force: frozenset[str]  # node names to rebuild even when cached
 
+    def chain(self, name: str) -> list[str]:
+        """``name`` and every node it reads, directly or not, in plan order."""
+        needed, todo = set(), [name]
+        while todo:
+            current = todo.pop()
+            if current not in needed:
+                needed.add(current)
+                todo.extend(self.nodes[current].upstream.values())
+        return [n for n in self.nodes if n in needed]
+
 
 def build(cfg: DictConfig) -> Plan:
     """Check ``cfg`` and expand it into nodes, in an order where inputs come first."""

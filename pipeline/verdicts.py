@@ -26,7 +26,7 @@ def bundle_rows(plan: Plan, results: dict[str, NodeResult],
 
 
 def _row(plan: Plan, results: dict[str, NodeResult], name: str, bundle: str) -> dict[str, Any]:
-    chain = _chain(plan, name)
+    chain = plan.chain(name)
     metrics: dict[str, Any] = {}
     for node in chain:  # later stages (validation) win over earlier ones
         entry = results[node].entry
@@ -45,16 +45,6 @@ def _row(plan: Plan, results: dict[str, NodeResult], name: str, bundle: str) -> 
             "mean_cosine": metrics.get("mean_cosine"),
             "accuracy": metrics.get("accuracy_candidate"),
             "accuracy_fp32": metrics.get("accuracy_fp32"), "verdict": verdict}
-
-
-def _chain(plan: Plan, name: str) -> list[str]:
-    needed, todo = set(), [name]
-    while todo:
-        current = todo.pop()
-        if current not in needed:
-            needed.add(current)
-            todo.extend(plan.nodes[current].upstream.values())
-    return [n for n in plan.nodes if n in needed]
 
 
 def table(rows: list[dict[str, Any]], title: str) -> Table:

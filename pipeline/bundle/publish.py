@@ -114,7 +114,7 @@ def _recover(recipe_dir: Path) -> None:
 def _assemble(plan: Plan, results: dict[str, NodeResult], node: Node, name: str,
               key: signing.SigningKey | None) -> _Bundle:
     """What the bundle will hold, with its manifest, computed from cache metadata alone."""
-    chain = _chain(plan, node.name)
+    chain = plan.chain(node.name)
     package = _entry(results, node.name)
     summary = package.meta["summary"]
     target_config = plan.resolved["targets"][node.target] if node.target else None
@@ -139,17 +139,6 @@ def _assemble(plan: Plan, results: dict[str, NodeResult], node: Node, name: str,
         "files": dict(package.meta["files"]),
     }
     return _Bundle(name, package.out, manifest)
-
-
-def _chain(plan: Plan, name: str) -> list[str]:
-    """``name`` and every node it reads, directly or not, in plan order."""
-    needed, todo = set(), [name]
-    while todo:
-        current = todo.pop()
-        if current not in needed:
-            needed.add(current)
-            todo.extend(plan.nodes[current].upstream.values())
-    return [n for n in plan.nodes if n in needed]
 
 
 def _entry(results: dict[str, NodeResult], name: str) -> Entry:
