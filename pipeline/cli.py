@@ -116,6 +116,10 @@ def _skip_mode_probe() -> None:
 
 
 def main() -> None:
+    # `python -m pipeline` puts the working directory first on sys.path, the `edgekiln` script
+    # does not: recipes name factories (recipes.zoo.resnet:resnet18) relative to it
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = sys.argv[1:]
     if {"-h", "--help"} & set(args) and not any(a.startswith("recipe=") for a in args):
         print(USAGE)

@@ -25,7 +25,7 @@ def _team_repository(tmp_path: Path) -> Path:
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=120,
+    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=300,
                           check=False)
 
 
@@ -37,3 +37,12 @@ def test_edgekiln_works_beside_a_team_pipeline_folder(tmp_path: Path) -> None:
     typo = _run(_edgekiln(), "recipe=digits_torh", cwd=team)
     assert typo.returncode == 2
     assert "Did you mean 'digits_torch'?" in typo.stderr
+
+
+def test_edgekiln_finds_the_recipes_factories_like_python_m_pipeline(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    # export imports recipes.zoo.digits from the working directory
+    built = _run(_edgekiln(), "recipe=digits_torch", "run.progress=false",
+                 f"run.artifacts_dir={tmp_path}", cwd=root)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert (tmp_path / "digits_torch" / "cpu" / "manifest.json").is_file()
