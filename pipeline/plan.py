@@ -79,7 +79,7 @@ def build(cfg: DictConfig) -> Plan:
     nodes: dict[str, Node] = {}
     for stage in stages.values():
         for target in targets if stage.spec.per_target else (None,):
-            node = _node(resolved, stage, target)
+            node = _node(resolved, stage, target, stages)
             nodes[node.name] = node
     return Plan(recipe=resolved["name"], resolved=resolved, targets=targets, nodes=nodes,
                 force=_forced(resolved["run"]["force"], nodes))
@@ -107,7 +107,8 @@ def _check_sections(resolved: dict[str, Any]) -> None:
                               f"stages.<name>.params.")
 
 
-def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None) -> Node:
+def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None,
+          stages: dict[str, graph.Stage]) -> Node:
     spec = stage.spec
     view = _target_view(resolved, target) if target else resolved
     params = stage_params(resolved, stage, target)
@@ -121,14 +122,10 @@ def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None) -> N
         spec.check(config)
     upstream = {}
     for slot, up in stage.inputs.items():
-        upstream[slot] = node_name(up, target if _per_target(up, resolved) else None)
+        upstream[slot] = node_name(up, target if stages[up].spec.per_target else None)
     sources = {key: value for key in spec.sources if (value := _get_path(view, key))}
     return Node(node_name(stage.name, target), stage.name, spec, target, config, upstream,
                 sources, stage.cache, publish or None)
-
-
-def _per_target(stage: str, resolved: dict[str, Any]) -> bool:
-    return REGISTRY[resolved["stages"][stage]["kind"]].per_target
 
 
 def _get_path(tree: dict[str, Any], dotted: str) -> Any:
