@@ -115,17 +115,24 @@ def _skip_mode_probe() -> None:
     Hydra.get_mode = lambda *_args, **_kwargs: None  # type: ignore[method-assign]
 
 
+def _answered_without_hydra(args: list[str]) -> bool:
+    """Help and the recipe list need no Hydra."""
+    if {"-h", "--help"} & set(args) and not any(a.startswith("recipe=") for a in args):
+        print(USAGE)
+        return True
+    if "--list-recipes" in args:
+        print("\n".join(list_recipes()))
+        return True
+    return False
+
+
 def main() -> None:
     # `python -m pipeline` puts the working directory first on sys.path, the `edgekiln` script
     # does not: recipes name factories (recipes.zoo.resnet:resnet18) relative to it
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     args = sys.argv[1:]
-    if {"-h", "--help"} & set(args) and not any(a.startswith("recipe=") for a in args):
-        print(USAGE)
-        return
-    if "--list-recipes" in args:
-        print("\n".join(list_recipes()))
+    if _answered_without_hydra(args):
         return
     if "--verbose" in args:
         args.remove("--verbose")
