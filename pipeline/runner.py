@@ -20,13 +20,22 @@ from pipeline.keys import cache_key, key_payload
 from pipeline.progress import LiveDisplay, summary_table
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from omegaconf import DictConfig
 
     from pipeline.errors import PipelineError
 
+    Chooser = Callable[[plan.Plan, dict[str, executor.NodeResult]], set[str]]
 
-def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
-    """Build the recipe ``cfg``; returns the run record, raises the first stage error."""
+
+def run_recipe(cfg: DictConfig, console: Console | None = None,
+               choose: Chooser | None = None) -> dict[str, Any]:
+    """Build the recipe ``cfg``; returns the run record, raises the first stage error.
+
+    ``choose`` (the nightly's regression check) sees the results before anything is published
+    and returns the publishing nodes that may publish; by default every one that was built.
+    """
     # logs and CI are no terminal: rich would wrap the tables at 80 columns there
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     the_plan = plan.build(cfg)
@@ -40,10 +49,14 @@ def run_recipe(cfg: DictConfig, console: Console | None = None) -> dict[str, Any
     started = time.time()
     with LiveDisplay(console, live=run_cfg["progress"]) as display:
         results = executor.run(the_plan, cache, run_cfg["jobs"], display)
-    bundles = bundle.publish(the_plan, results, recipe_dir, cache.state)
+    only = choose(the_plan, results) if choose is not None else None
+    bundles = bundle.publish(the_plan, results, recipe_dir, cache.state, only)
     cache.state.save()
     record = _record(the_plan, results, bundles, time.time() - started)
     rows = verdicts.bundle_rows(the_plan, results, bundle.bundle_names(the_plan))
+    for row in rows:
+        if row["verdict"] == "published" and row["bundle"] not in bundles:
+            row["verdict"] = "held back (the previous bundle stays live)"
     record["bundles_summary"] = rows
     _write_json(recipe_dir / "run.json", record)
     verdict = "ok" if record["ok"] else "FAILED"

@@ -58,12 +58,14 @@ class _Bundle:
 
 
 def publish(plan: Plan, results: dict[str, NodeResult], recipe_dir: Path,
-            state: DigestState) -> dict[str, Path]:
-    """Write the bundle of every publishing node that ran or came from the cache."""
+            state: DigestState, only: set[str] | None = None) -> dict[str, Path]:
+    """Write the bundle of every publishing node that ran or came from the cache; with
+    ``only``, of those among these node names (the nightly holds back what regressed)."""
     recipe_dir.mkdir(parents=True, exist_ok=True)
     published: dict[str, Path] = {}
     ready = [node for node in publishing(plan)
-             if results[node.name].status in ("ran", "cached")]
+             if results[node.name].status in ("ran", "cached")
+             and (only is None or node.name in only)]
     names = bundle_names(plan)
     with FileLock(recipe_dir / ".publish.lock"):
         _recover(recipe_dir)
