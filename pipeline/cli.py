@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 BUNDLED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 USAGE = """usage: edgekiln recipe=NAME [key=value ...] [-m] [--config-dir DIR]
        edgekiln --list-recipes
+       edgekiln nightly [--recipes GLOB] [--tolerance-file YAML]  # see edgekiln nightly -h
        edgekiln recipe=NAME run.dry_run=true     # what would run or come from cache
        edgekiln recipe=NAME run.force=[quantize] # rebuild a stage (or 'all')
 (python -m pipeline is the same command); add --verbose to see tracebacks."""
@@ -116,7 +117,11 @@ def _skip_mode_probe() -> None:
 
 
 def _answered_without_hydra(args: list[str]) -> bool:
-    """Help and the recipe list need no Hydra."""
+    """Help, the recipe list and the nightly (its own options, not Hydra's) need no Hydra."""
+    if args[:1] == ["nightly"]:
+        from pipeline.nightly.cli import main as nightly
+
+        sys.exit(nightly(args[1:]))
     if {"-h", "--help"} & set(args) and not any(a.startswith("recipe=") for a in args):
         print(USAGE)
         return True
