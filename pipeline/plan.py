@@ -2,7 +2,9 @@
 
 The recipe's declared graph (``pipeline.graph``) fans out over targets: a stage whose kind is
 per-target becomes one node per target (``quantize@jetson_orin``), and a target-agnostic
-upstream feeds every copy. Each node gets its params (kind defaults < top-level section <
+upstream feeds every copy. A kind may fan a node out further into variants of itself
+(``quantize.static@cpu``, ``quantize.dynamic@cpu`` feeding ``quantize@cpu``, which chooses
+among them), each cached on its own. Each node gets its params (kind defaults < top-level section <
 ``stages.<name>.params`` < ``targets.<t>.stages.<name>``) and the shared recipe keys its kind
 reads; together they are what enters its cache key. Every check that can fail does so here,
 before the first expensive step.
@@ -10,6 +12,7 @@ before the first expensive step.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from pipeline.registry import StageSpec
 
 DATASET_PATHS = tuple(k for k in DATASET_SOURCES if k.endswith("path"))
+# the slots in which a node reads the variants it fans out into: "variant.<name>"
+VARIANT_SLOT = "variant."
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,8 @@ def build(cfg: DictConfig) -> Plan:
     nodes: dict[str, Node] = {}
     for stage in stages.values():
         for target in targets if stage.spec.per_target else (None,):
-            node = _node(resolved, stage, target, stages)
-            nodes[node.name] = node
+            for node in _node(resolved, stage, target, stages):
+                nodes[node.name] = node
     return Plan(recipe=resolved["name"], resolved=resolved, targets=targets, nodes=nodes,
                 force=_forced(resolved["run"]["force"], nodes))
 
@@ -108,24 +113,40 @@ def _check_sections(resolved: dict[str, Any]) -> None:
 
 
 def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None,
-          stages: dict[str, graph.Stage]) -> Node:
+          stages: dict[str, graph.Stage]) -> list[Node]:
+    """The node of ``stage`` on ``target``, after the variants it fans out into (if any)."""
     spec = stage.spec
     view = _target_view(resolved, target) if target else resolved
     params = stage_params(resolved, stage, target)
     publish = {key: params.pop(key) for key in spec.publish_params if key in params}
-    config: dict[str, Any] = {}
-    for key in spec.reads:
-        _set_path(config, key, _get_path(view, key))
-    if spec.params is not None:
-        config[spec.kind] = params
+    config = _config(spec, view, params)
     if spec.check is not None:
         spec.check(config)
     upstream = {}
     for slot, up in stage.inputs.items():
         upstream[slot] = node_name(up, target if stages[up].spec.per_target else None)
     sources = {key: value for key in spec.sources if (value := _get_path(view, key))}
-    return Node(node_name(stage.name, target), stage.name, spec, target, config, upstream,
+    node = Node(node_name(stage.name, target), stage.name, spec, target, config, upstream,
                 sources, stage.cache, publish or None)
+    found = spec.variants(config) if spec.variants is not None else {}
+    variants = [dataclasses.replace(node, name=node_name(f"{stage.name}.{name}", target),
+                                    stage=f"{stage.name}.{name}",
+                                    config=_config(spec, view, variant))
+                for name, variant in found.items()]
+    slots = {f"{VARIANT_SLOT}{name}": variant.name
+             for name, variant in zip(found, variants, strict=True)}
+    return [*variants, dataclasses.replace(node, upstream={**upstream, **slots})]
+
+
+def _config(spec: StageSpec, view: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The shared keys the kind reads with these params, and the params under its name."""
+    config: dict[str, Any] = {}
+    more = spec.reads_with(params) if spec.reads_with is not None else ()
+    for key in (*spec.reads, *more):
+        _set_path(config, key, _get_path(view, key))
+    if spec.params is not None:
+        config[spec.kind] = params
+    return config
 
 
 def _get_path(tree: dict[str, Any], dotted: str) -> Any:

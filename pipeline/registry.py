@@ -60,6 +60,9 @@ class StageSpec:
     optional_inputs: tuple[str, ...] = ()
     # shared recipe keys (model, dataset, target, ...) the stage reads; they enter the key
     reads: tuple[str, ...] = ()
+    # further shared keys read only with some params (quantize.mode=auto reads the target):
+    # the rest of that kind's nodes keep them out of their keys
+    reads_with: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
     # bump when the output bytes change for the same inputs
     version: int = 1
     # one node per target; a target-agnostic upstream feeds every copy
@@ -80,6 +83,11 @@ class StageSpec:
     section: bool = False
     # checks of the resolved recipe (as this stage's node sees it) that must fail at plan time
     check: Callable[[dict[str, Any]], None] | None = None
+    # plan-time fan-out of one node into variants of the same kind (quantize.mode=auto's
+    # candidates): given the node's config, {variant: its params}. Each variant becomes a node
+    # of its own, with its own cache key, reading the node's inputs; the node reads them back
+    # in slots "variant.<name>" and chooses among them
+    variants: Callable[[dict[str, Any]], dict[str, dict[str, Any]]] | None = None
 
     @property
     def slots(self) -> tuple[str, ...]:
