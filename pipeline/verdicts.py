@@ -2,7 +2,8 @@
 
 The engine names no stage kind, so the figures are read by their metric names from the
 summaries of the stages each bundle depends on (a validating kind reports ``mean_cosine``,
-``latency_ms``... ; a quantizing kind ``mode``): a team's own kinds can fill them in too.
+``latency_ms``... ; a quantizing kind ``mode`` and, when it shipped FP32 after all,
+``quantization.fallback_reason``): a team's own kinds can fill them in too.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def _row(plan: Plan, results: dict[str, NodeResult], name: str, bundle: str) -> 
     skipped = [n for n in chain if results[n].status == "skipped"]
     verdict = ("published" if results[name].status in ("ran", "cached")
                else f"FAILED {failed[0]}" if failed else f"not built ({skipped[0]} skipped)")
+    if verdict == "published" and (metrics.get("quantization") or {}).get("fallback_reason"):
+        verdict = "published as FP32: no quantized candidate qualified"
     latency, size = metrics.get("latency_ms") or {}, metrics.get("size_bytes") or {}
     return {"bundle": bundle, "precision": metrics.get("mode"),
             "size": size.get("candidate"), "size_fp32": size.get("reference"),

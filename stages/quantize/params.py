@@ -10,6 +10,7 @@ from typing import Any
 
 class QuantMode(Enum):
     none = "none"
+    auto = "auto"
     dynamic = "dynamic"
     static = "static"
     fp16 = "fp16"
@@ -71,6 +72,39 @@ class QuantSearchParams:
     candidates: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class AutoGates:
+    """Fidelity a candidate must keep vs FP32 on the evaluation split (validate's metrics)."""
+
+    min_cosine: float | None = None
+    # the lowest single sample's cosine: a mean of 0.99 can hide samples at 0.9
+    min_sample_cosine: float | None = 0.98
+    min_top1_agreement: float | None = None
+    max_accuracy_drop: float | None = None  # needs labels
+    max_abs_diff: float | None = None
+
+
+@dataclass
+class AutoParams:
+    """mode=auto: build candidates suited to the model and target, ship the fastest that
+    keeps fidelity and beats FP32, else FP32 with the reason."""
+
+    # candidate names (stages/quantize/candidates.py); empty = those suited to the model and
+    # the target's first execution provider
+    candidates: list[str] = field(default_factory=list)
+    gates: AutoGates = field(default_factory=AutoGates)
+    # candidate p50 must beat FP32 p50 by this factor on the validating EP (1.1 = 10% faster)
+    min_speedup: float = 1.1
+    # fail (exit 4) instead of shipping FP32 when no candidate qualifies
+    require: bool = False
+    # evaluation samples each candidate is scored on
+    samples: int = 64
+    # latency: rounds of batch-1 runs per model, interleaved across models; median of rounds
+    rounds: int = 3
+    latency_runs: int = 20
+    warmup_runs: int = 3
+
+
 class QatLoss(Enum):
     cross_entropy = "cross_entropy"  # against the dataset's labels
     mse_to_fp32 = "mse_to_fp32"  # distillation: match the FP32 model's outputs, no labels
@@ -118,4 +152,5 @@ class QuantizeParams:
     calibration: CalibrationParams = field(default_factory=CalibrationParams)
     accuracy_budget: AccuracyBudget = field(default_factory=AccuracyBudget)
     search: QuantSearchParams = field(default_factory=QuantSearchParams)
+    auto: AutoParams = field(default_factory=AutoParams)
     qat: QatParams = field(default_factory=QatParams)

@@ -5,7 +5,9 @@ a fixed order from a seeded split, so the same recipe yields the same model byte
 ``quantize.accuracy_budget`` the quantized model is scored on the evaluation split and, when
 over budget, its most sensitive nodes stay in float until it is within (or the stage fails
 with exit 4); ``quantize.search.candidates`` adds configurations to try, the fastest one within
-budget winning.
+budget winning. ``mode: auto`` is fanned out at plan time into one quantize node per candidate
+(``stages/quantize/candidates.py``); the auto node itself only measures them and picks one
+(``stages/quantize/auto.py``).
 
 The stage runs alone (``exclusive``): with a budget or a search it times models, and a
 latency measured beside another busy stage lies.
@@ -25,6 +27,7 @@ from pipeline.registry import stage
 from pipeline.schema import DATASET_SOURCES
 from stages.common import onnx_files
 from stages.common.onnx_files import model_stats
+from stages.quantize import candidates
 from stages.quantize.params import QuantizeParams
 
 if TYPE_CHECKING:
@@ -48,17 +51,18 @@ class Outcome:
 
 
 def _times_models(config: dict[str, Any]) -> bool:
-    """Budgets and searches time candidate models, which needs the machine to itself."""
+    """Budgets, searches and auto time candidate models, which needs the machine to itself."""
     quantize = config["quantize"]
     budget = quantize["accuracy_budget"]
-    return bool(quantize["search"]["candidates"]) or any(
+    return quantize["mode"] == "auto" or bool(quantize["search"]["candidates"]) or any(
         budget[key] is not None for key in ("max_accuracy_drop", "min_agreement"))
 
 
-# QAT rebuilds the torch model from the model section and its checkpoint, so those are read
+# QAT rebuilds the torch model from the model section and its checkpoint, so those are read;
+# mode=auto reads the target's providers: its candidates suit them, and it times on them
 @stage("quantize", params=QuantizeParams, section=True, inputs=("model",),
-       reads=("dataset", "model"), per_target=True, version=4,
-       exclusive=_times_models,
+       reads=("dataset", "model"), per_target=True, version=5,
+       reads_with=candidates.reads_with, exclusive=_times_models, variants=candidates.variants,
        sources=(*DATASET_SOURCES, "model.checkpoint", "model.factory"),
        tools=("onnx", "onnxruntime", "scikit-learn", "numpy", "matplotlib", "torch", "torchao",
               "onnxscript"))
@@ -70,6 +74,10 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
         calibration sample count and, with a budget, scores, float nodes and CPU latencies.
     """
     cfg = ctx.config.quantize
+    if cfg.mode == "auto":
+        from stages.quantize.auto import choose
+
+        return choose(ctx)
     if cfg.mode == "qat":
         from stages.quantize.qat import quantize_aware
 

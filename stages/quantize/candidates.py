@@ -1,0 +1,80 @@
+"""``quantize.mode: auto``'s candidates: which quantizations suit a model on a target.
+
+The plan fans an auto node out into one quantize node per candidate (``quantize.static@cpu``,
+...), each cached on its own, so adding a candidate rebuilds only that one; the auto node then
+measures them (``stages.quantize.auto``). A candidate is the node's own params (the recipe's
+section with the target's overrides, so a TensorRT target's symmetric int8 stays) with a few
+keys changed. Which ones suit, from what is known before export:
+
+- token inputs (int64/int32 ids: a transformer-like graph) on the CPU EP: dynamic per-channel
+  INT8 first (measured on MiniLM: mean cosine 0.994 where static INT8 gave 0.415), then static
+  QDQ of MatMul/Gemm only, then static QDQ of everything;
+- float inputs (images, signals) on the CPU EP: static QDQ per-channel and per-tensor;
+- any other EP: the static QDQ its target profile describes (TensorRT, QNN and OpenVINO take
+  their INT8 from the graph's Q/DQ nodes; dynamic quantization's integer ops are CPU kernels).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pipeline.errors import RecipeError, did_you_mean
+
+CPU = "CPUExecutionProvider"
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "static": {"mode": "static"},
+    "static_per_tensor": {"mode": "static", "per_channel": False},
+    "static_matmul": {"mode": "static", "op_types_to_quantize": ["MatMul", "Gemm"]},
+    "dynamic": {"mode": "dynamic", "per_channel": True},
+}
+TOKEN_DTYPES = ("int64", "int32")
+# the auto and search settings steer the choice, not one candidate's bytes: every candidate
+# gets the defaults, so changing them does not rebuild the candidates
+STEERING = {"auto", "search"}
+
+
+def variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The quantize params of each candidate of an auto node; none for any other mode."""
+    params = config["quantize"]
+    if params["mode"] != "auto":
+        return {}
+    if params["search"]["candidates"]:
+        raise RecipeError("quantize.search.candidates: mode=auto chooses among its own "
+                          "candidates (quantize.auto.candidates); set one or the other.")
+    names = params["auto"]["candidates"] or suited(config)
+    return {name: candidate(params, name) for name in names}
+
+
+def reads_with(params: dict[str, Any]) -> tuple[str, ...]:
+    """Only auto reads the target: the other modes' nodes share keys across equal targets."""
+    return ("target",) if params["mode"] == "auto" else ()
+
+
+def suited(config: dict[str, Any]) -> list[str]:
+    """Candidate names for the node's model inputs and its target's first EP, best first."""
+    first = config["target"]["execution_providers"][0]["name"]
+    if first != CPU:
+        return ["static"]
+    tokens = any(spec["dtype"] in TOKEN_DTYPES for spec in config["model"]["inputs"])
+    return ["dynamic", "static_matmul", "static"] if tokens else ["static", "static_per_tensor"]
+
+
+def candidate(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """``params`` with candidate ``name``'s keys changed and the steering keys at defaults."""
+    if name not in CANDIDATES:
+        raise RecipeError(f"quantize.auto.candidates: unknown candidate '{name}'."
+                          f"{did_you_mean(name, CANDIDATES)} Candidates: "
+                          f"{', '.join(CANDIDATES)}.")
+    from stages.quantize.params import AutoParams, QuantSearchParams
+
+    defaults = {"auto": _plain(AutoParams()), "search": _plain(QuantSearchParams())}
+    chosen = {key: copy.deepcopy(value) for key, value in params.items()
+              if key not in STEERING}
+    return chosen | defaults | copy.deepcopy(CANDIDATES[name])
+
+
+def _plain(params: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(params), enum_to_str=True)  # type: ignore[return-value]
