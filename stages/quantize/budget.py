@@ -59,13 +59,16 @@ class Trial:
                 "size_bytes": self.size, "float_nodes": self.float_nodes}
 
 
+CRITERIA = ("max_accuracy_drop", "min_agreement", "min_sample_cosine")
+
+
 def is_set(budget: Any) -> bool:
-    return budget.max_accuracy_drop is not None or budget.min_agreement is not None
+    return any(budget.get(key) is not None for key in CRITERIA)
 
 
 def check(budget: Any) -> None:
     """Refuse budget values that cannot mean what they say."""
-    for key in ("max_accuracy_drop", "min_agreement"):
+    for key in CRITERIA:
         if budget[key] is not None and not 0.0 <= budget[key] <= 1.0:
             raise RecipeError(f"{KEY}.{key}: expected a fraction in [0, 1], got {budget[key]}.")
     for key, least in (("max_float_nodes", 0), ("latency_runs", 1), ("warmup_runs", 0),
@@ -95,8 +98,10 @@ def evaluate(quantizer: Quantizer, name: str, settings: dict[str, Any],
     directory = quantizer.scratch("trial")
     quantizer.build(settings, directory)
     outputs = _outputs(_session(directory), data.feeds)
+    agreement = metrics.agreement(outputs, data.reference)
     scores: dict[str, float | None] = {
-        "agreement": metrics.agreement(outputs, data.reference)["top1_agreement"],
+        "agreement": agreement["top1_agreement"],
+        "min_sample_cosine": agreement["min_sample_cosine"],
         **metrics.accuracy(outputs, data.reference, data.labels)}
     return Trial(name, settings, directory, scores, _within(scores, budget),
                  onnx_files.model_size(directory))
@@ -113,6 +118,8 @@ def _shortfall(scores: dict[str, float | None], budget: Any) -> float:
         gaps.append(scores["accuracy_drop"] - budget.max_accuracy_drop)
     if budget.min_agreement is not None:
         gaps.append(budget.min_agreement - scores["agreement"])
+    if budget.get("min_sample_cosine") is not None:
+        gaps.append(budget.min_sample_cosine - scores["min_sample_cosine"])
     return max(gaps, default=0.0)
 
 
@@ -245,6 +252,8 @@ def _session(directory: Path) -> Any:
 
 def describe(scores: dict[str, float | None]) -> str:
     parts = [f"top-1 agreement {scores['agreement']:.4f}"]
+    if scores.get("min_sample_cosine") is not None:
+        parts.append(f"lowest sample cosine {scores['min_sample_cosine']:.4f}")
     if scores.get("accuracy_drop") is not None:
         parts.insert(0, f"accuracy {scores['accuracy_candidate']:.4f} vs FP32 "
                         f"{scores['accuracy_fp32']:.4f} (drop {scores['accuracy_drop']:.4f})")
@@ -252,8 +261,7 @@ def describe(scores: dict[str, float | None]) -> str:
 
 
 def limits(budget: Any) -> str:
-    return " and ".join(f"{KEY}.{k}={budget[k]}" for k in ("max_accuracy_drop", "min_agreement")
-                        if budget[k] is not None)
+    return " and ".join(f"{KEY}.{k}={budget[k]}" for k in CRITERIA if budget[k] is not None)
 
 
 def _missed(trial: Trial, budget: Any) -> str:

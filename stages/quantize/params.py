@@ -55,6 +55,9 @@ class AccuracyBudget:
     max_accuracy_drop: float | None = None
     # top-1 agreement with FP32 required (works without labels)
     min_agreement: float | None = None
+    # the lowest per-sample cosine with FP32 required: the criterion for embeddings and
+    # regressors, whose top-1 class means nothing
+    min_sample_cosine: float | None = None
     # evaluation samples the budget is checked on; 0 = the whole evaluation split
     samples: int = 0
     # calibration samples whose activations rank the nodes by sensitivity

@@ -55,7 +55,8 @@ def _times_models(config: dict[str, Any]) -> bool:
     quantize = config["quantize"]
     budget = quantize["accuracy_budget"]
     return quantize["mode"] == "auto" or bool(quantize["search"]["candidates"]) or any(
-        budget[key] is not None for key in ("max_accuracy_drop", "min_agreement"))
+        budget[key] is not None for key in ("max_accuracy_drop", "min_agreement",
+                                            "min_sample_cosine"))
 
 
 # QAT rebuilds the torch model from the model section and its checkpoint, so those are read;
@@ -116,7 +117,7 @@ def _ptq(ctx: StageContext, work: Path) -> Outcome:
     if len(variants) > 1 and not aware:
         raise RecipeError("quantize.search.candidates: a search picks the fastest candidate "
                           "within quantize.accuracy_budget; set max_accuracy_drop or "
-                          "min_agreement.")
+                          "min_agreement or min_sample_cosine.")
     static = any(s["mode"] == "static" for _, s, _ in variants)
     data = _dataset(ctx) if static or aware else None
     feeds = data.calibration.feeds if data else []

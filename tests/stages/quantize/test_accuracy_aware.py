@@ -78,6 +78,17 @@ def test_tight_budget_keeps_the_most_sensitive_nodes_float(cnn: Path, tmp_path: 
     assert written["float_nodes"] == summary["float_nodes"]
 
 
+def test_a_per_sample_cosine_budget_repairs_the_worst_sample(cnn: Path, tmp_path: Path) -> None:
+    # measured: clipped PTQ's worst evaluation sample has cosine 0.887 with FP32
+    budget = {"min_sample_cosine": 0.95, "latency_runs": 5, "warmup_runs": 1}
+    summary = _quantize(cnn, tmp_path / "out", **CLIPPING, accuracy_budget=budget)
+    report = json.loads((tmp_path / "out" / "quantize_report.json").read_text())
+    assert report["quantized"]["min_sample_cosine"] < 0.95
+    assert report["shipped"]["min_sample_cosine"] >= 0.95
+    assert 0 < len(summary["float_nodes"]) < len(report["ranking"][0]["nodes"]) + 8
+    assert report["budget"] == "quantize.accuracy_budget.min_sample_cosine=0.95"
+
+
 def test_the_accuracy_aware_path_is_deterministic(cnn: Path, tmp_path: Path) -> None:
     for name in ("a", "b"):
         _quantize(cnn, tmp_path / name, **CLIPPING, accuracy_budget=BUDGET)
