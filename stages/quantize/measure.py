@@ -1,7 +1,7 @@
 """Run FP32 and each auto candidate the way validate runs a bundle: on the target's runtime.
 
 The candidates' outputs and latencies come from the target's onnxruntime and execution
-providers (``stages.validate.runtime_env``, ``stages.common.ort_worker``, the code validate
+providers (``stages.common.runtime_env``, ``stages.common.ort_worker``, the code validate
 uses); the FP32 outputs they are compared with come from the host's CPU EP, as in validate.
 Latency is measured in rounds, each timing every model once in a rotated order, and a model's
 figure is the median of its rounds: on a shared machine a burst of load then slows one round
@@ -43,7 +43,7 @@ class Runs:
 def run_models(ctx: StageContext, models: dict[str, Path], feeds: list[Feed]) -> Runs:
     """Outputs on ``feeds`` and latency rounds of ``models`` (FP32 under ``"fp32"``) on the
     target of ``ctx``, timed as ``ctx.params.auto`` says."""
-    from stages.validate.runtime_env import TargetRuntime
+    from stages.common.runtime_env import TargetRuntime
 
     target, name, params, report = ctx.config.target, ctx.target, ctx.params.auto, ctx.report
     runtime = TargetRuntime.prepare(target, name, {"isolated_runtime": True}, report)

@@ -1,7 +1,7 @@
 """Compare a target's candidate model with the FP32 reference on the target's own runtime.
 
 Each target's checks run with its onnxruntime distribution: in this process when that is the
-host's, else in an isolated environment built once (``stages/validate/runtime_env.py``) and
+host's, else in an isolated environment built once (``stages/common/runtime_env.py``) and
 driven through ``stages/common/ort_worker.py`` in a subprocess. The report says which
 EP really ran, where every node went and, plainly, when the target's first-choice EP could not
 run here: numbers measured on CPU for a TensorRT target are a parity check, not a device
@@ -27,7 +27,7 @@ from stages.validate.params import ValidateParams
 if TYPE_CHECKING:
     import numpy as np
 
-    from stages.validate.runtime_env import TargetRuntime
+    from stages.common.runtime_env import TargetRuntime
 
 log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
@@ -54,7 +54,7 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     """Measure agreement, accuracy, latency, placement and size; raise if a gate fails."""
     from stages.common import metrics
     from stages.common.datasets.splits import load_dataset
-    from stages.validate.runtime_env import TargetRuntime
+    from stages.common.runtime_env import TargetRuntime
 
     cfg = ctx.config.validate
     split = load_dataset(ctx.config.dataset, ctx.config.model.inputs).evaluation
@@ -100,9 +100,8 @@ def _target_section(target: Any, name: str | None) -> dict[str, Any]:
 def _measure(ctx: StageContext, runtime: TargetRuntime, report: dict[str, Any],
              feeds: list[Any]) -> dict[str, np.ndarray]:
     """Candidate and reference on the target's runtime; FP32 truth from the host's CPU EP."""
-    from stages.common import metrics
+    from stages.common import metrics, runtime_env
     from stages.common import ort_worker as validate_worker
-    from stages.validate import runtime_env
 
     cfg = ctx.config.validate
     keep = _keep(cfg, feeds)
@@ -197,7 +196,7 @@ def _fallback_only(placement: dict[str, Any] | None, first: str,
 
 
 def _why_absent(ep: str, runtime: TargetRuntime, available: list[str], stderr: str) -> str:
-    from stages.validate.runtime_env import ep_blocker
+    from stages.common.runtime_env import ep_blocker
 
     if ep in available:
         # onnxruntime logs why it dropped the EP: "...[E:onnxruntime...] ... [OpenVINO] why"

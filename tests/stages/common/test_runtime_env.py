@@ -14,8 +14,8 @@ import pytest
 
 from pipeline.errors import EnvironmentProblem, RecipeError
 from stages.common import ort_worker as validate_worker
-from stages.validate import runtime_env
-from stages.validate.runtime_env import MARKER, choose_runtime, ensure_env, env_key
+from stages.common import runtime_env
+from stages.common.runtime_env import MARKER, choose_runtime, ensure_env, env_key
 from tests.fixtures.digits_models import INPUT
 
 if TYPE_CHECKING:
