@@ -74,9 +74,13 @@ def _row(name: str, directory: Path, runs: Any, labels: Any, params: Any) -> dic
     failed = [_gate_line(gate, fidelity, params.gates) for gate in GATES
               if _fails(gate, fidelity, params.gates)]
     speedup = runs.p50_ms[FP32] / max(runs.p50_ms[name], 1e-9)
+    saving = runs.p50_ms[FP32] - runs.p50_ms[name]
     if runs.on_target_ep and speedup < params.min_speedup:
         failed.append(f"speedup {speedup:.2f}x < quantize.auto.min_speedup "
                       f"{params.min_speedup:g}x")
+    elif runs.on_target_ep and saving < params.min_saving_ms:
+        failed.append(f"saves {saving:.4f} ms < quantize.auto.min_saving_ms "
+                      f"{params.min_saving_ms:g}")
     settings = json.loads((directory / "quantize.json").read_text())
     return {"name": name, "settings": {k: v for k, v in settings.items()
                                        if k not in ("quant_ops", "size_before", "nodes_before")},
@@ -111,7 +115,8 @@ def _winner(rows: list[dict[str, Any]], timed: bool) -> dict[str, Any] | None:
 def _fallback_reason(rows: list[dict[str, Any]], params: Any, runs: Any) -> str:
     lost = "; ".join(f"{row['name']}: {', '.join(row['failed'])}" for row in rows)
     return (f"no candidate kept fidelity (quantize.auto.gates) and beat FP32 by "
-            f"{params.min_speedup:g}x on {runs.ran_on} ({runs.runtime}): {lost}")
+            f"{params.min_speedup:g}x and {params.min_saving_ms:g} ms on {runs.ran_on} "
+            f"({runs.runtime}): {lost}")
 
 
 def _summary(chosen: str, rows: list[dict[str, Any]], runs: Any, fallback: str | None,

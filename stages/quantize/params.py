@@ -98,6 +98,9 @@ class AutoParams:
     gates: AutoGates = field(default_factory=AutoGates)
     # candidate p50 must beat FP32 p50 by this factor on the validating EP (1.1 = 10% faster)
     min_speedup: float = 1.1
+    # ... and save at least this much per batch-1 run: below it the difference is scheduler
+    # noise on a shared machine (a 0.02 ms CNN measured 0.66x and 1.1x FP32 within minutes)
+    min_saving_ms: float = 0.05
     # fail (exit 4) instead of shipping FP32 when no candidate qualifies
     require: bool = False
     # evaluation samples each candidate is scored on
