@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-NODES = ["export", "optimize", "quantize@cpu", "validate@cpu", "package@cpu"]
+# quantize.mode=auto: one node per INT8 candidate, then the one that chooses
+NODES = ["export", "optimize", "quantize.static@cpu", "quantize.static_per_tensor@cpu",
+         "quantize@cpu", "validate@cpu", "package@cpu"]
 
 
 @pytest.fixture(scope="module")

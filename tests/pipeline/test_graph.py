@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 
 
 def _plan(tmp_path: Path, body: str, *overrides: str) -> plan.Plan:
+    """digits_torch with ``body`` on top, quantized with static INT8 (one quantize node)."""
     header = "defaults:\n  - digits_torch\n  - _self_\nname: team\n"
     write_recipe(tmp_path, "team", header + textwrap.dedent(body))
-    return plan.build(compose_recipe("team", *overrides, config_dir=tmp_path))
+    return plan.build(compose_recipe("team", "quantize=int8_static", *overrides,
+                                     config_dir=tmp_path))
 
 
 def test_a_recipe_that_says_nothing_about_stages_gets_the_default_graph() -> None:
@@ -29,7 +31,11 @@ def test_a_recipe_that_says_nothing_about_stages_gets_the_default_graph() -> Non
     assert {name: node.upstream for name, node in nodes.items()} == {
         "export": {},
         "optimize": {"model": "export"},
-        "quantize@cpu": {"model": "optimize"},
+        # quantize.mode=auto (the bundled /quantize: int8): a node per candidate, then the choice
+        "quantize.static@cpu": {"model": "optimize"},
+        "quantize.static_per_tensor@cpu": {"model": "optimize"},
+        "quantize@cpu": {"model": "optimize", "variant.static": "quantize.static@cpu",
+                         "variant.static_per_tensor": "quantize.static_per_tensor@cpu"},
         "validate@cpu": {"candidate": "quantize@cpu", "reference": "optimize"},
         "package@cpu": {"model": "quantize@cpu", "report": "validate@cpu"},
     }

@@ -13,7 +13,9 @@ def test_shared_work_runs_once_and_targets_fan_out() -> None:
     the_plan = plan.build(compose_recipe("resnet_jetson"))
     assert list(the_plan.nodes) == [
         "export", "optimize",
-        "quantize@jetson_orin", "quantize@cpu",
+        # quantize.mode=auto: TensorRT gets its static QDQ, the CPU static per channel/tensor
+        "quantize.static@jetson_orin", "quantize@jetson_orin",
+        "quantize.static@cpu", "quantize.static_per_tensor@cpu", "quantize@cpu",
         "validate@jetson_orin", "validate@cpu",
         "package@jetson_orin", "package@cpu",
     ]
@@ -23,12 +25,14 @@ def test_shared_work_runs_once_and_targets_fan_out() -> None:
 
 def test_target_quantize_overrides_apply_to_that_target_only() -> None:
     nodes = plan.build(compose_recipe("resnet_jetson")).nodes
-    jetson = nodes["quantize@jetson_orin"].config["quantize"]
-    cpu = nodes["quantize@cpu"].config["quantize"]
+    jetson = nodes["quantize.static@jetson_orin"].config["quantize"]
+    cpu = nodes["quantize.static@cpu"].config["quantize"]
     assert jetson["activation_type"] == "int8"
     assert jetson["activation_symmetric"] is True
     assert cpu["activation_type"] == "uint8"
-    assert "target" not in nodes["quantize@cpu"].config  # so equal settings share a cache key
+    # so equal settings share a cache key; only auto's choice reads the target
+    assert "target" not in nodes["quantize.static@cpu"].config
+    assert "target" in nodes["quantize@cpu"].config
 
 
 def test_stage_config_holds_only_what_it_reads() -> None:

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import GateError, RecipeError
+from stages.common import runtime_env
 from stages.common.onnx_files import model_file, save_model
-from stages.validate import runtime_env
 from stages.validate.stage import validate
 from tests.fixtures.digits_models import DIGITS, INPUT, INPUTS, DigitsModels, digits_models
 
@@ -129,8 +129,10 @@ def test_identical_models_agree_fully(context_factory: Any, models: DigitsModels
 
 def test_int8_report_is_plausible_and_written(context_factory: Any,
                                               models: DigitsModels) -> None:
+    # min_speedup 0: this tiny CNN's INT8 runs slower than FP32 (measured 0.5x), which the
+    # default gate would refuse
     cfg = config(max_accuracy_drop=0.05, min_top1_agreement=0.9, min_cosine=0.98,
-                 max_cpu_fallback_nodes=0)
+                 min_speedup=0.0, max_cpu_fallback_nodes=0)
     ctx = context_factory(cfg, inputs={"candidate": models.int8, "reference": models.fp32},
                           target="cpu")
     summary = validate(ctx)
@@ -142,7 +144,8 @@ def test_int8_report_is_plausible_and_written(context_factory: Any,
         summary["accuracy_fp32"] - summary["accuracy_candidate"])
     assert summary["size_bytes"]["candidate"] < summary["size_bytes"]["reference"]
     assert [g["gate"] for g in summary["gates"]] == [
-        "max_accuracy_drop", "min_top1_agreement", "min_cosine", "max_cpu_fallback_nodes"]
+        "max_accuracy_drop", "min_top1_agreement", "min_cosine", "min_speedup",
+        "max_cpu_fallback_nodes"]
     assert all(g["passed"] for g in summary["gates"])
     assert {"gate", "threshold", "measured", "passed"} <= set(summary["gates"][0])
     # every node of the QDQ graph is placed, all on the CPU EP, none counted as fallback
@@ -158,7 +161,8 @@ def test_samples_hold_inputs_and_the_candidates_outputs(context_factory: Any,
                                                         models: DigitsModels) -> None:
     import onnxruntime as ort
 
-    ctx = context_factory(config(), inputs={"candidate": models.int8, "reference": models.fp32})
+    ctx = context_factory(config(min_speedup=0.0),
+                          inputs={"candidate": models.int8, "reference": models.fp32})
     samples = validate(ctx)["samples"]
     assert samples["count"] == 4
     assert samples["inputs"] == {INPUT: f"input:{INPUT}"}
@@ -221,7 +225,7 @@ def test_registered_ep_that_takes_no_nodes_is_not_validated(context_factory: Any
 
 def test_failed_gates_name_gate_value_and_threshold(context_factory: Any,
                                                     models: DigitsModels) -> None:
-    cfg = config(min_top1_agreement=0.5, max_abs_diff=1e-9, min_cosine=1.5)
+    cfg = config(min_top1_agreement=0.5, max_abs_diff=1e-9, min_cosine=1.5, min_speedup=0.0)
     with pytest.raises(GateError, match=r"target 't' failed 2 quality gate") as caught:
         run(context_factory, cfg, models.int8, models.fp32)
     message = str(caught.value)
@@ -244,7 +248,8 @@ def test_accuracy_gate_without_labels_is_a_recipe_error(context_factory: Any,
 
 def test_label_less_dataset_reports_no_accuracy(context_factory: Any,
                                                 models: DigitsModels) -> None:
-    cfg = config(dataset=DIGITS | {"kind": "synthetic", "evaluation_size": 16}, min_cosine=0.9)
+    cfg = config(dataset=DIGITS | {"kind": "synthetic", "evaluation_size": 16}, min_cosine=0.9,
+                 min_speedup=0.0)
     cfg["model"]["inputs"] = [spec | {"low": 0.0, "high": 1.0} for spec in INPUTS]
     summary = run(context_factory, cfg, models.int8, models.fp32)
     assert summary["accuracy_fp32"] is None
@@ -346,7 +351,7 @@ def test_ep_dropped_by_onnxruntime_is_caught(context_factory: Any, models: Digit
 
 def test_per_sample_cosine_and_speedup_are_reported_and_gated(context_factory: Any,
                                                               models: DigitsModels) -> None:
-    summary = run(context_factory, config(), models.int8, models.fp32)
+    summary = run(context_factory, config(min_speedup=0.0), models.int8, models.fp32)
     assert 0 < summary["min_sample_cosine"] <= summary["mean_cosine"] < 1.0
     assert summary["speedup"] == summary["latency_ms"]["speedup"] > 0
     # a threshold between the worst sample and the mean: only the per-sample gate sees it
@@ -358,3 +363,14 @@ def test_per_sample_cosine_and_speedup_are_reported_and_gated(context_factory: A
     assert "validate.gates.min_sample_cosine: measured" in str(caught.value)
     assert "validate.gates.min_speedup: measured" in str(caught.value)
     assert "validate.gates.min_cosine" not in str(caught.value)
+
+
+def test_a_quantized_model_slower_than_fp32_on_a_cpu_target_fails_by_default(
+        context_factory: Any, models: DigitsModels) -> None:
+    # the digits CNN's INT8 runs at about half FP32's speed on the CPU EP (measured 0.48-0.62x)
+    with pytest.raises(GateError, match=r"failed 1 quality gate") as caught:
+        run(context_factory, config(), models.int8, models.fp32)
+    assert "validate.gates.min_speedup: measured 0." in str(caught.value)
+    assert "the default for a quantized model on a CPU target" in str(caught.value)
+    # FP32 against itself is no quantized model: no default gate
+    assert run(context_factory, config(), models.fp32, models.fp32)["gates"] == []
