@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pipeline.bundle import device_loader as loader
 from pipeline.bundle import signing
 from pipeline.errors import EnvironmentProblem, InputError, RecipeError
-from tests.fixtures.bundles import build, bundle_of, copy_bundle, relist, sha256
+from tests.fixtures.bundles import STATIC_INT8, build, bundle_of, copy_bundle, relist, sha256
 from tests.fixtures.cli import run_cli
 
 if TYPE_CHECKING:
@@ -148,7 +148,8 @@ def test_unchanged_rebuild_keeps_the_signature(tmp_path_factory: pytest.TempPath
     before = (signed / "model.sig").read_bytes(), (signed / "model.sig").stat().st_mtime_ns
     result = run_cli("recipe=digits_torch", f"run.artifacts_dir={signed.parent.parent}",
                      f"run.cache_dir={tmp_path_factory.getbasetemp() / 'bundle-cache'}",
-                     "run.progress=false", f"package.signing.private_key={keys['private']}")
+                     "run.progress=false", f"package.signing.private_key={keys['private']}",
+                     *STATIC_INT8)
     assert result.code == 0, result.stderr
     after = (signed / "model.sig").read_bytes(), (signed / "model.sig").stat().st_mtime_ns
     assert after == before
