@@ -23,9 +23,9 @@ from pipeline.errors import InputError, RecipeError
 from pipeline.schema import DatasetConfig
 from stages.common.datasets import images as dataset_images
 from stages.common.datasets import sources as dataset_sources
+from stages.common.datasets.checks import SPLITS, layout_of, one_image_input, problem
 from stages.common.datasets.sources import Feed, Pool
 
-SPLITS = ("calibration", "evaluation", "training")
 FILE_KINDS = ("npz", "npy", "images")
 
 __all__ = ["SPLITS", "Dataset", "Feed", "Feeds", "Split", "load_dataset"]
@@ -190,10 +190,7 @@ def _open_pools(cfg: DictConfig, specs: list[Any], own: dict[str, str],
         return {}
     names = [spec.name for spec in specs]
     if cfg.kind == "digits":
-        if len(names) != 1:
-            raise RecipeError(f"dataset.kind=digits feeds one image input; the model has "
-                              f"{len(names)} inputs {names}.")
-        return {"shared": dataset_sources.digits_pool(cfg, names[0])}
+        return {"shared": dataset_sources.digits_pool(cfg, one_image_input("digits", names))}
     capped = cfg.training_size is not None
     total = cfg.calibration_size + cfg.evaluation_size + (cfg.training_size or 0)
     if cfg.kind == "callable":
@@ -229,9 +226,7 @@ def _file_pools(cfg: DictConfig, specs: list[Any], paths: dict[str, Path]) -> di
     names = [spec.name for spec in specs]
     if cfg.kind != "images":
         return {key: dataset_sources.arrays_pool(path, names) for key, path in paths.items()}
-    if len(names) != 1:
-        raise RecipeError(f"dataset.kind=images feeds one image input; the model has "
-                          f"{len(names)} inputs {names}.")
+    name = one_image_input("images", names)
     folders = {key: dataset_images.scan(path) for key, path in paths.items()}
     flat = {key for key, folder in folders.items() if None in folder.classes}
     if flat and len(flat) != len(folders):
@@ -239,7 +234,7 @@ def _file_pools(cfg: DictConfig, specs: list[Any], paths: dict[str, Path]) -> di
                          f"{_key(sorted(set(folders) - flat)[0])} has class subfolders; use "
                          "one layout for every split.")
     classes = sorted({c for folder in folders.values() for c in folder.classes if c})
-    return {key: dataset_sources.images_pool([folder], classes, cfg, names[0])
+    return {key: dataset_sources.images_pool([folder], classes, cfg, name)
             for key, folder in folders.items()}
 
 
@@ -247,27 +242,7 @@ def _check_split(name: str, split: Split, uniform: bool, specs: list[Any], where
     """Fail on the first sample that does not fit ``specs``; one sample stands for all when
     the pool is uniform (rows of the same arrays, or images shaped the same way)."""
     for index in range(min(len(split.feeds), 1) if uniform else len(split.feeds)):
-        problem = _problem(split.feeds[index], specs)
-        if problem:
-            raise InputError(f"{where}: {name} sample {index} ({split.ids[index]}): {problem}. "
+        found = problem(layout_of(split.feeds[index]), specs)
+        if found:
+            raise InputError(f"{where}: {name} sample {index} ({split.ids[index]}): {found}. "
                              "Every sample must match model.inputs.")
-
-
-def _problem(feed: Feed, specs: list[Any]) -> str | None:
-    names = [spec.name for spec in specs]
-    missing = [n for n in names if n not in feed]
-    if missing:
-        return f"model input '{missing[0]}' has no data (the sample has {sorted(feed)})"
-    extra = sorted(set(feed) - set(names))
-    if extra:
-        return f"data {extra} matches no model input (the model's inputs are {names})"
-    for spec in specs:
-        array, shape = feed[spec.name], list(spec.shape)
-        if array.dtype != np.dtype(spec.dtype):
-            return f"model input '{spec.name}' expects {spec.dtype}, the sample is {array.dtype}"
-        fits = array.ndim == len(shape) and all(
-            a == e for a, e in zip(array.shape, shape, strict=True) if isinstance(e, int))
-        if not fits:
-            return (f"model input '{spec.name}' expects samples of shape {shape} (batch axis "
-                    f"included), the sample has {list(array.shape)}")
-    return None

@@ -24,13 +24,14 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.mark.parametrize(("arrays", "message"), [
     pytest.param({"a": np.zeros((9, 3), np.float64), "b": np.zeros((9, 2), np.int64)},
-                 r"calibration sample 0 \(.*t.npz\[\d\]\): model input 'a' expects float32, "
-                 r"the sample is float64", id="dtype"),
+                 r"calibration sample 0 \(.*t.npz\[\d\]\): model input 'a' expects float32 "
+                 r"\(model.inputs.0.dtype\), the sample is float64", id="dtype"),
     pytest.param({"a": np.zeros((9, 4), np.float32), "b": np.zeros((9, 2), np.int64)},
-                 r"model input 'a' expects samples of shape \['batch', 3\] \(batch axis "
-                 r"included\), the sample has \[1, 4\]", id="shape"),
+                 r"model input 'a' expects samples of shape \['batch', 3\] \(model.inputs.0.shape, "
+                 r"batch axis included\), the sample has \[1, 4\]", id="shape"),
     pytest.param({"a": np.zeros((9, 3), np.float32)},
-                 r"model input 'b' has no data \(the sample has \['a'\]\)", id="missing"),
+                 r"model input 'b' \(model.inputs.1\) has no data \(the sample has "
+                 r"\['a'\]\)", id="missing"),
     pytest.param({"a": np.zeros((9, 3), np.float32), "b": np.zeros((9, 2), np.int64),
                   "c": np.zeros((9, 1))}, r"data \['c'\] matches no model input \(the model's "
                  r"inputs are \['a', 'b'\]\)", id="extra"),
@@ -44,7 +45,8 @@ def test_data_that_does_not_fit_the_model(tmp_path: Path, arrays: dict[str, np.n
 
 def test_the_first_bad_sample_of_a_callable_is_named() -> None:
     with pytest.raises(InputError, match=r"sample \d+ \(factory\[13\]\): model input "
-                                         r"'input_ids' expects int64, the sample is int32"):
+                                         r"'input_ids' expects int64 \(model.inputs.0.dtype\), "
+                                         r"the sample is int32"):
         load(TOKENS, kind="callable", factory="tests.fixtures.dataset_helpers:one_bad",
              factory_kwargs={"count": 20, "bad": 13}, calibration_size=5, evaluation_size=5)
 
@@ -116,9 +118,10 @@ def test_bad_image_folders(tmp_path: Path, setup: Any, error: type[Exception],
 # --- cache keys -------------------------------------------------------------------------------
 
 def test_every_stage_reading_the_dataset_digests_its_content() -> None:
-    from pipeline.registry import REGISTRY
+    from pipeline.registry import load_kinds
 
-    readers = [spec for spec in REGISTRY.values() if "dataset" in spec.reads]
+    # every installed kind, whichever tests imported which stage modules before this one
+    readers = [spec for spec in load_kinds().values() if "dataset" in spec.reads]
     assert {spec.kind for spec in readers} >= {"quantize", "validate"}
     for spec in readers:
         assert set(DATASET_SOURCES) <= set(spec.sources), spec.kind
