@@ -8,6 +8,7 @@ far larger than the few hundred files calibration needs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, RecipeError
 from stages.common.datasets import images as dataset_images
 from stages.common.factories import import_callable
 
@@ -144,23 +145,16 @@ def _count(file: Path, arrays: dict[str, np.ndarray]) -> int:
     return next(iter(counts.values()), 0)
 
 
-def callable_pool(cfg: Any, inputs: Any, limit: int | None) -> Pool:
-    """The feed dicts of ``dataset.factory``, read in full (or up to ``limit``)."""
-    kwargs = OmegaConf.to_container(cfg.factory_kwargs, resolve=True)
-    produced = _import_factory(cfg.factory)(**kwargs)
-    if not isinstance(produced, Iterable) or isinstance(produced, Mapping):
-        raise InputError(f"dataset.factory '{cfg.factory}' returned a "
-                         f"{type(produced).__name__}; it must return an iterable of feed dicts.")
+def callable_pool(cfg: Any, inputs: Any, limit: int | None, split: str | None = None) -> Pool:
+    """The feed dicts of ``dataset.factory``, read in full (or up to ``limit``); with ``split``
+    the factory is asked for that split's samples (it takes a ``split`` parameter)."""
     ranks = {spec.name: len(spec.shape) for spec in inputs}
+    tag = "factory" if split is None else f"factory({split})"
     feeds, labels = [], []
-    for i, item in enumerate(islice(produced, limit)):
-        if not isinstance(item, Mapping):
-            raise InputError(f"dataset.factory '{cfg.factory}': sample {i} is a "
-                             f"{type(item).__name__}, not a dict {{input name: array}}.")
-        feed = {str(k): np.asarray(v) for k, v in item.items() if k != "labels"}
-        # the batch axis is optional: add it where a sample lacks exactly that one axis
-        feeds.append({k: v[None] if ranks.get(k) == v.ndim + 1 else v for k, v in feed.items()})
-        labels.append(item.get("labels"))
+    for i, item in enumerate(islice(produce(cfg, split), limit)):
+        feed, label = as_feed(cfg.factory, i, item, ranks)
+        feeds.append(feed)
+        labels.append(label)
     has = [label is not None for label in labels]
     if any(has) and not all(has):
         raise InputError(f"dataset.factory '{cfg.factory}': sample {has.index(not has[0])} "
@@ -168,8 +162,43 @@ def callable_pool(cfg: Any, inputs: Any, limit: int | None) -> Pool:
                          f"{'has' if has[0] else 'lacks'} one; label every sample or none.")
     label_array = np.array([int(np.asarray(x).reshape(-1)[0]) for x in labels], np.int64) \
         if labels and all(has) else None
-    return Pool([f"factory[{i}]" for i in range(len(feeds))], label_array,
+    return Pool([f"{tag}[{i}]" for i in range(len(feeds))], label_array,
                 lambda indices: [feeds[i] for i in indices], uniform=False)
+
+
+def takes_split(factory: str) -> bool:
+    """Whether ``dataset.factory`` has a parameter named ``split``: it then makes each split."""
+    try:
+        return "split" in inspect.signature(_import_factory(factory)).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+
+
+def produce(cfg: Any, split: str | None) -> Iterable[Any]:
+    """What ``dataset.factory`` returns, called with ``factory_kwargs`` (and ``split``)."""
+    kwargs = OmegaConf.to_container(cfg.factory_kwargs, resolve=True)
+    if split is not None:
+        if "split" in kwargs:
+            raise RecipeError(f"dataset.factory_kwargs.split: '{cfg.factory}' takes the split, "
+                              "and edgekiln passes it for each split itself; remove the key.")
+        kwargs["split"] = split
+    produced = _import_factory(cfg.factory)(**kwargs)
+    if not isinstance(produced, Iterable) or isinstance(produced, Mapping):
+        raise InputError(f"dataset.factory '{cfg.factory}' returned a "
+                         f"{type(produced).__name__}; it must return an iterable of feed dicts.")
+    return produced
+
+
+def as_feed(factory: str, index: int, item: Any,
+            ranks: dict[str, int]) -> tuple[Feed, Any]:
+    """(feed, its 'labels' entry or None) of one item a factory yielded."""
+    if not isinstance(item, Mapping):
+        raise InputError(f"dataset.factory '{factory}': sample {index} is a "
+                         f"{type(item).__name__}, not a dict {{input name: array}}.")
+    feed = {str(k): np.asarray(v) for k, v in item.items() if k != "labels"}
+    # the batch axis is optional: add it where a sample lacks exactly that one axis
+    feed = {k: v[None] if ranks.get(k) == v.ndim + 1 else v for k, v in feed.items()}
+    return feed, item.get("labels")
 
 
 def _import_factory(factory: str) -> Callable[..., Any]:

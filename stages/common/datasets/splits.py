@@ -138,6 +138,11 @@ def _where(cfg: DictConfig) -> str:
 def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray, str]]:
     """Each split's pool and sample indices (and why it may be empty), disjoint by design."""
     own = {name: cfg[f"{name}_path"] for name in SPLITS if cfg[f"{name}_path"]}
+    if own and cfg.kind not in FILE_KINDS:
+        raise RecipeError(f"dataset.{next(iter(own))}_path: only file sources "
+                          f"({', '.join(FILE_KINDS)}) take split paths, not kind={cfg.kind}.")
+    if cfg.kind == "callable" and cfg.factory and dataset_sources.takes_split(cfg.factory):
+        return _deal_factory(cfg, specs)
     shared = [name for name in SPLITS if name not in own]
     pools = _open_pools(cfg, specs, own, shared)
     dealt = {}
@@ -155,6 +160,8 @@ def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray
                f"{_size(cfg, name)}")
         if halved:
             why += ", and calibration takes at most half of a source it shares with evaluation"
+            if cfg.kind == "callable":
+                why += " (a factory with a 'split' parameter makes each split whole)"
         if "shared" not in pools:
             why = f"dataset.{name}_path is not set and neither is dataset.path"
         dealt[name] = (pool, taken, why)
@@ -167,6 +174,18 @@ def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray
     return {name: dealt[name] for name in SPLITS}
 
 
+def _deal_factory(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray, str]]:
+    """Each split as a factory that takes the split gives it: its first ``<split>_size``
+    samples, in the factory's order (it decides what goes where, so nothing is shuffled)."""
+    dealt = {}
+    for name in SPLITS:
+        pool = dataset_sources.callable_pool(cfg, specs, cfg[f"{name}_size"], split=name)
+        why = (f"dataset.factory '{cfg.factory}' yielded no samples for split='{name}' "
+               f"({_size(cfg, name)})")
+        dealt[name] = (pool, np.arange(len(pool.ids)), why)
+    return dealt
+
+
 def _size(cfg: DictConfig, name: str) -> str:
     size = cfg[f"{name}_size"]
     return f"{name}_size={'null' if size is None else size}"
@@ -175,9 +194,6 @@ def _size(cfg: DictConfig, name: str) -> str:
 def _open_pools(cfg: DictConfig, specs: list[Any], own: dict[str, str],
                 shared: list[str]) -> dict[str, Pool]:
     """The pools in use: "shared" (when a split draws from it) and one per split path."""
-    if own and cfg.kind not in FILE_KINDS:
-        raise RecipeError(f"dataset.{next(iter(own))}_path: only file sources "
-                          f"({', '.join(FILE_KINDS)}) take split paths, not kind={cfg.kind}.")
     if cfg.kind in FILE_KINDS:
         paths = ({"shared": cfg.path} if shared and cfg.path else {}) | own
         if not paths:
