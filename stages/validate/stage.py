@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from pipeline.errors import GateError, RecipeError
 from pipeline.registry import StageContext, stage
 from pipeline.schema import DATASET_SOURCES
+from stages.common.datasets.early import check_dataset
 from stages.common.onnx_files import model_file, model_size, model_stats
 from stages.validate.params import ValidateParams
 
@@ -48,7 +49,7 @@ GATES = {
 @stage("validate", params=ValidateParams, section=True, inputs=("candidate", "reference"),
        reads=("dataset", "model.inputs", "target"), per_target=True,
        tools=("onnxruntime", "numpy", "scikit-learn"),
-       sources=DATASET_SOURCES,
+       sources=DATASET_SOURCES, check=check_dataset,
        exclusive=True, version=3)
 def validate(ctx: StageContext) -> dict[str, Any]:
     """Measure agreement, accuracy, latency, placement and size; raise if a gate fails."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import InputError, RecipeError
 from stages.common.datasets import images as dataset_images
+from stages.common.datasets.checks import Layout, dtype_name
 from stages.common.factories import import_callable
 
 if TYPE_CHECKING:
@@ -107,11 +109,7 @@ def _read_arrays(file: Path, input_names: list[str]) -> tuple[dict[str, np.ndarr
                                                               np.ndarray | None]:
     try:
         if file.suffix == ".npy":
-            if len(input_names) != 1:
-                raise InputError(f"dataset: '{file}' is a .npy file, which holds one array, but "
-                                 f"the model has {len(input_names)} inputs {input_names}; use "
-                                 "a .npz with one array per input.")
-            return {input_names[0]: np.load(file, allow_pickle=False)}, None
+            return {_npy_input(file, input_names): np.load(file, allow_pickle=False)}, None
         with np.load(file, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files if name != "labels"}
             labels = data["labels"].astype(np.int64) if "labels" in data.files else None
@@ -121,6 +119,46 @@ def _read_arrays(file: Path, input_names: list[str]) -> tuple[dict[str, np.ndarr
     except (OSError, ValueError) as exc:  # not an array file, or one that needs pickle
         raise InputError(f"dataset: cannot read '{file}' as {file.suffix}: {exc}") from exc
     return arrays, labels
+
+
+def _npy_input(file: Path, input_names: list[str]) -> str:
+    if len(input_names) != 1:
+        raise InputError(f"dataset: '{file}' is a .npy file, which holds one array, but the "
+                         f"model has {len(input_names)} inputs {input_names}; use a .npz with "
+                         "one array per input.")
+    return input_names[0]
+
+
+def peek_arrays(path: Path, input_names: list[str]) -> tuple[str, Layout]:
+    """(sample id, layout of one sample) of the first array file of ``path``, from the .npy
+    headers of its arrays: no array is read."""
+    files = sorted(p for p in path.iterdir()
+                   if p.suffix in ARRAY_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise InputError(f"dataset: folder '{path}' holds no .npz or .npy files.")
+    file = files[0]
+    try:
+        if file.suffix == ".npy":
+            with file.open("rb") as handle:
+                return f"{file}[0]", {_npy_input(file, input_names): _header(handle)}
+        with zipfile.ZipFile(file) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".npy")]
+            headers = {}
+            for member in members:
+                with archive.open(member) as handle:
+                    headers[member.removesuffix(".npy")] = _header(handle)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"dataset: cannot read '{file}' as {file.suffix}: {exc}") from exc
+    return f"{file}[0]", {name: h for name, h in headers.items() if name != "labels"}
+
+
+def _header(handle: Any) -> tuple[str, tuple[int, ...]]:
+    """dtype and shape of one sample (a batch axis of 1, as ``_feeds`` slices rows)."""
+    version = np.lib.format.read_magic(handle)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(handle)
+    return dtype_name(dtype), (1, *shape[1:])
 
 
 def _same_layout(file: Path, arrays: dict[str, np.ndarray], first_file: Path,
