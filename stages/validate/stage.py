@@ -73,7 +73,7 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     start = time.perf_counter()
     ctx.report(f"comparing on {len(feeds)} samples ({runtime.info['pinned']})")
     measured = _measure(ctx, runtime, report, feeds)
-    cand, ref = measured["candidate|first"], measured["reference|first"]
+    cand, ref = (metrics.first_outputs(measured, role) for role in ("candidate", "reference"))
     report |= {"evaluation_samples": len(feeds)}
     report |= metrics.agreement(cand, ref) | metrics.accuracy(cand, ref, labels)
     report["size_bytes"] = {"candidate": model_size(ctx.inputs["candidate"]),
@@ -252,8 +252,9 @@ def _samples(ctx: StageContext, report: dict[str, Any], feeds: list[Any],
     cpu = [_sample(measured, "cpu_candidate", i) for i in range(keep)]
     gap = None
     if not report["validated_on_target_ep"]:
-        first_cand = measured["candidate|first"][:keep].astype("float64")
-        gap = float(abs(first_cand - measured["reference|first"][:keep]).max())
+        pairs = zip(*(metrics.first_outputs(measured, role)[:keep]
+                      for role in ("candidate", "reference")), strict=True)
+        gap = max(float(abs(c.astype("float64") - r).max()) for c, r in pairs)
     tolerances = metrics.tolerances(expected, cpu if any(cpu) else None, gap)
     entry = metrics.write_samples(ctx.out / "samples.npz", feeds[:keep], expected, tolerances)
     return entry | {"outputs_from": f"{report['ran_on'][0]} ({report['runtime']['pinned']})"}
