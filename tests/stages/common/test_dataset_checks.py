@@ -144,20 +144,25 @@ def _keys(*overrides: str, state_dir: Path) -> dict[str, str]:
             for name in ("quantize@cpu", "validate@cpu", "package@cpu")}
 
 
+def _pixels(path: Path, value: float) -> None:
+    """20 samples digits_torch takes ('pixels', float32 N x 1 x 8 x 8), all of ``value``."""
+    np.savez(path, pixels=np.full((20, 1, 8, 8), value, np.float32))
+
+
 def test_cache_keys_follow_the_data_content(tmp_path: Path) -> None:
-    write_table(tmp_path / "t.npz", 20)
+    _pixels(tmp_path / "t.npz", 0.0)
     (tmp_path / "calib").mkdir()
-    write_png(tmp_path / "calib" / "0.png", np.zeros((8, 8)))
+    _pixels(tmp_path / "calib" / "0.npz", 0.0)
     args = ("dataset.kind=npz", f"dataset.path={tmp_path / 't.npz'}",
             f"dataset.calibration_path={tmp_path / 'calib'}")
     before = _keys(*args, state_dir=tmp_path)
     assert _keys(*args, state_dir=tmp_path) == before
-    write_table(tmp_path / "t.npz", 20, start=1)  # same name, same size, other numbers
+    _pixels(tmp_path / "t.npz", 1.0)  # same name, same size, other numbers
     changed = _keys(*args, state_dir=tmp_path)
     assert changed["quantize@cpu"] != before["quantize@cpu"]
     assert changed["validate@cpu"] != before["validate@cpu"]
     assert changed["package@cpu"] == before["package@cpu"]  # it never reads the dataset
-    write_png(tmp_path / "calib" / "0.png", np.ones((8, 8)))
+    _pixels(tmp_path / "calib" / "0.npz", 1.0)  # a file inside a split's folder
     assert _keys(*args, state_dir=tmp_path)["quantize@cpu"] != changed["quantize@cpu"]
     with pytest.raises(RecipeError, match=r"dataset.evaluation_path: '.*nope' does not exist"):
         _keys(*args, f"dataset.evaluation_path={tmp_path / 'nope'}", state_dir=tmp_path)
