@@ -5,7 +5,7 @@ disjoint: they are dealt from one seeded permutation of the source, or read from
 files (``DatasetConfig`` in pipeline/schema.py has the rules). A split shapes its samples on
 first use, so quantize pays only for the calibration samples it takes. Data that does not fit
 the model's inputs fails here, before any quantization, with the input, expected vs actual and
-the first bad sample.
+the first bad sample (``checks.problem``; the plan already checked one sample per source).
 """
 
 from __future__ import annotations
