@@ -50,7 +50,10 @@ quantize:
   calibration: {{batch_size: 1}}
 validate:
   samples: 32
-  gates: {{max_accuracy_drop: null, min_top1_agreement: null, min_sample_cosine: 0.9}}
+  # what this test is about is the working directory and the lengths, not speed: INT8 Gather
+  # is slower than FP32 here, so the default min_speedup for quantized CPU models is off
+  gates: {{max_accuracy_drop: null, min_top1_agreement: null, min_sample_cosine: 0.9,
+           min_speedup: 0}}
 """
 
 
