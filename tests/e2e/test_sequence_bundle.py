@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.fixtures.cli import ROOT, run_cli, run_record, statuses
+from tests.fixtures.cli import run_cli, run_record, statuses
 from tests.fixtures.recipes import write_recipe
 from tests.fixtures.sequence_models import BAG_INPUTS, WEIGHTS_INPUT, embedding_bag
 
@@ -76,10 +76,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path, list[
     cwd.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH
               | stat.S_IXOTH)  # 0o555
     try:
-        # the factory's module and this checkout's edgekiln come from the repository
+        # run_cli puts the checkout on PYTHONPATH: the factory's module comes from there
         result = run_cli("recipe=bag", "--config-dir", str(recipes),
                          f"run.artifacts_dir={root / 'artifacts'}", "run.progress=false",
-                         cwd=cwd, env={"PYTHONPATH": str(ROOT)})
+                         cwd=cwd)
         after = _listing(cwd)
     finally:
         cwd.chmod(0o755)
