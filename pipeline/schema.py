@@ -104,8 +104,10 @@ class DatasetConfig:
     training_path: str | None = None
     # callable: "package.module:callable" called with factory_kwargs, returning an iterable of
     # feed dicts {input name: array, with or without the batch axis} plus an optional "labels"
-    # class index; it must end unless training_size caps what is read. Only the module file
-    # enters the cache key: data it reads from elsewhere must change factory_kwargs too.
+    # class index; it must end unless training_size caps what is read. A callable with a
+    # parameter named `split` is called once per split and gives that split's samples (the
+    # first <split>_size of them are used). Only the module file enters the cache key: data it
+    # reads from elsewhere must change factory_kwargs too.
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
     # digits and images are shaped in this order: resize the shorter side to `resize` (null =

@@ -307,29 +307,55 @@ def self_test(session: CheckedSession, folder: Path, manifest: dict[str, Any]) -
         return "self-test skipped: this bundle has no samples (nothing to compare with)"
     with np.load(folder / info["file"], allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
-    try:  # axis 0 indexes the sample; each sample is one run's feed and its outputs
-        inputs = {name: arrays[key] for name, key in info["inputs"].items()}
-        expected = {name: arrays[key] for name, key in info["outputs"].items()}
+    try:  # each sample is one run's feed and its outputs
+        count = int(info["count"])
+        inputs = {name: _per_sample(arrays, key, count) for name, key in info["inputs"].items()}
+        expected = {name: _per_sample(arrays, key, count)
+                    for name, key in info["outputs"].items()}
         runs = [session.run(list(expected), {n: v[i] for n, v in inputs.items()})
-                for i in range(int(info["count"]))]
+                for i in range(count)]
     except (KeyError, IndexError, ValueError) as exc:
         raise BundleError(f"{info['file']} does not hold the samples manifest.json lists, or "
                           f"they do not fit the model's signature: {exc!r}") from None
     lines, failed = [], []
-    for j, (name, want) in enumerate(expected.items()):
-        got = np.stack([run[j] for run in runs])
-        exact = not np.issubdtype(want.dtype, np.floating)  # labels, indices: no tolerance
-        atol, rtol = (0.0, 0.0) if exact else (float(info["atol"]), float(info["rtol"]))
-        diff = (np.abs(got.astype(np.float64) - want) if got.shape == want.shape
-                else np.array([np.inf]))
-        bad = int(np.count_nonzero(diff > atol + rtol * np.abs(want.astype(np.float64))))
-        lines.append(f"{name}: max abs diff {float(diff.max()):.3g}, {bad} of {diff.size} "
-                     f"values outside atol {atol:.3g} + rtol {rtol:g}")
+    for j, (name, wants) in enumerate(expected.items()):
+        line, bad = _compare([run[j] for run in runs], wants, info)
+        lines.append(f"{name}: {line}")
         failed += [name] if bad else []
     report = f"self-test on {len(runs)} samples: " + "; ".join(lines)
     if failed:
         raise SelfTestError(report)
     return report + ": PASS"
+
+
+def _per_sample(arrays: dict[str, np.ndarray], key: str | list[str],
+                count: int) -> list[np.ndarray]:
+    """One array per sample: axis 0 of the array ``key`` names, or the arrays of a key list
+    (values whose shape varies between samples, such as sequences of different lengths)."""
+    if isinstance(key, list):
+        return [arrays[k] for k in key]
+    stacked = arrays[key]
+    if len(stacked) < count:
+        raise IndexError(f"'{key}' holds {len(stacked)} samples, not {count}")
+    return [stacked[i] for i in range(count)]
+
+
+def _compare(got: list[np.ndarray], want: list[np.ndarray],
+             info: dict[str, Any]) -> tuple[str, int]:
+    """(summary line, values outside the tolerances) of one output over every sample."""
+    exact = not np.issubdtype(want[0].dtype, np.floating)  # labels, indices: no tolerance
+    atol, rtol = (0.0, 0.0) if exact else (float(info["atol"]), float(info["rtol"]))
+    worst, bad, total = 0.0, 0, 0
+    for actual, expected in zip(got, want, strict=True):
+        diff = (np.abs(actual.astype(np.float64) - expected) if actual.shape == expected.shape
+                else np.array([np.inf]))
+        worst = float(np.max([worst, diff.max()]))  # np.max, unlike max(), keeps a NaN
+        # written as "passes when" so that a NaN output fails
+        bad += int(np.count_nonzero(~(diff <= atol + rtol * np.abs(expected.astype(np.float64)))))
+        total += expected.size
+    line = (f"max abs diff {worst:.3g}, {bad} of {total} values outside atol {atol:.3g} + "
+            f"rtol {rtol:g}")
+    return line, bad
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -13,13 +13,27 @@ if TYPE_CHECKING:
 
     from stages.common.datasets.splits import Feed
 
+# samples' outputs: stacked along axis 0, or one array per sample when their shapes differ
+Outputs = np.ndarray | list[np.ndarray]
 RTOL = 1e-3
 # the smallest absolute tolerance, relative to the largest expected output value
 ATOL_FLOOR = 1e-4
 
 
-def agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def first_outputs(arrays: dict[str, np.ndarray], role: str) -> Outputs:
+    """Every sample's first output of ``role`` as the worker returns it (``ort_worker``): one
+    array, axis 0 indexing the sample, or a list when their shapes differ."""
+    if f"{role}|first" in arrays:
+        return arrays[f"{role}|first"]
+    prefix = f"{role}|first|"
+    count = sum(key.startswith(prefix) for key in arrays)
+    return [arrays[f"{prefix}{i}"] for i in range(count)]
+
+
+def agreement(candidate: Outputs, reference: Outputs) -> dict[str, float]:
     """Top-1 agreement, mean and lowest per-sample cosine, max abs diff (axis 0 = sample)."""
+    if isinstance(candidate, list) or isinstance(reference, list):
+        return _agreement_per_sample(list(candidate), list(reference))
     candidate, reference = candidate.astype(np.float64), reference.astype(np.float64)
     flat_c = candidate.reshape(len(candidate), -1)
     flat_r = reference.reshape(len(reference), -1)
@@ -36,15 +50,32 @@ def agreement(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
-def accuracy(candidate: np.ndarray, reference: np.ndarray,
+def _agreement_per_sample(candidate: list[np.ndarray],
+                          reference: list[np.ndarray]) -> dict[str, float]:
+    """``agreement`` of outputs whose shapes differ by sample (sequences of different lengths):
+    each sample alone, then combined as one stacked batch would be (top-1 over every row)."""
+    rows = [agreement(c[None], r[None]) for c, r in zip(candidate, reference, strict=True)]
+    positions = [c[..., 0].size for c in candidate]  # how many argmax rows each sample has
+    return {
+        "top1_agreement": float(np.average([r["top1_agreement"] for r in rows],
+                                           weights=positions)),
+        "mean_cosine": float(np.mean([r["mean_cosine"] for r in rows])),
+        "min_sample_cosine": min(r["min_sample_cosine"] for r in rows),
+        "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+    }
+
+
+def accuracy(candidate: Outputs, reference: Outputs,
              labels: np.ndarray | None) -> dict[str, float | None]:
     if labels is None:
         return {"accuracy_fp32": None, "accuracy_candidate": None, "accuracy_drop": None}
-    if candidate[0].size != candidate.shape[-1]:
+    shapes = sorted({tuple(c.shape) for c in candidate})
+    if len(shapes) > 1 or candidate[0].size != candidate[0].shape[-1]:
         raise RecipeError(
             f"the dataset has labels, so accuracy needs one score vector per sample, but the "
-            f"model's first output has shape {list(candidate.shape[1:])}."
+            f"model's first output has shape {' or '.join(str(list(s)) for s in shapes[:3])}."
         )
+    candidate, reference = np.stack(list(candidate)), np.stack(list(reference))
     fp32 = float(np.mean(reference.reshape(len(labels), -1).argmax(-1) == labels))
     cand = float(np.mean(candidate.reshape(len(labels), -1).argmax(-1) == labels))
     return {"accuracy_fp32": fp32, "accuracy_candidate": cand, "accuracy_drop": fp32 - cand}
@@ -56,19 +87,28 @@ def speedup(latency: dict[str, Any]) -> float:
 
 def write_samples(path: Path, feeds: list[Feed], expected: list[dict[str, np.ndarray]],
                   tolerances: dict[str, Any]) -> dict[str, Any]:
-    """Save inputs and expected outputs, axis 0 indexing the sample; returns the report entry."""
-    inputs = {name: np.stack([feed[name] for feed in feeds]) for name in feeds[0]}
-    outputs = {name: np.stack([sample[name] for sample in expected]) for name in expected[0]}
-    np.savez(path, **{f"input:{k}": v for k, v in inputs.items()},
-             **{f"output:{k}": v for k, v in outputs.items()})
-    return {
-        "file": path.name,
-        "count": len(feeds),
-        "inputs": {name: f"input:{name}" for name in inputs},
-        "outputs": {name: f"output:{name}" for name in outputs},
-        "layout": "axis 0 indexes the sample; each sample is one run's feed and outputs",
-        **tolerances,
-    }
+    """Save inputs and expected outputs, axis 0 indexing the sample; returns the report entry.
+
+    A value whose shape differs between samples (a sequence of another length) is kept as one
+    array per sample, and the entry lists their keys in sample order.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    keys: dict[str, dict[str, str | list[str]]] = {"inputs": {}, "outputs": {}}
+    for group, samples in (("input", feeds), ("output", expected)):
+        for name in samples[0]:
+            values = [sample[name] for sample in samples]
+            if len({value.shape for value in values}) == 1:
+                key: str | list[str] = f"{group}:{name}"
+                arrays[key] = np.stack(values)
+            else:
+                key = [f"{group}:{name}|{i}" for i in range(len(values))]
+                arrays |= dict(zip(key, values, strict=True))
+            keys[f"{group}s"][name] = key
+    np.savez(path, **arrays)
+    layout = "axis 0 indexes the sample; each sample is one run's feed and outputs"
+    if any(isinstance(key, list) for group in keys.values() for key in group.values()):
+        layout += "; a list of keys holds one array per sample, for values whose shape varies"
+    return {"file": path.name, "count": len(feeds), **keys, "layout": layout, **tolerances}
 
 
 def tolerances(expected: list[dict[str, np.ndarray]],

@@ -9,8 +9,10 @@ Python of an isolated environment::
 
 so the module imports only numpy, onnxruntime and the standard library. ``<workdir>`` holds
 ``request.json`` and ``feeds.npz`` (key ``<sample>:<input>``); the worker writes
-``result.json`` and ``outputs.npz`` (``<role>|first`` stacks every sample's first output,
-``<role>|<sample>|<output>`` keeps all outputs of the first samples).
+``result.json`` and ``outputs.npz`` (``<role>|first`` stacks every sample's first output, or
+``<role>|first|<sample>`` holds each when their shapes differ; ``<role>|<sample>|<output>``
+keeps all outputs of the first samples). Every sample runs alone, so samples of different
+lengths need no padding.
 """
 
 from __future__ import annotations
@@ -188,7 +190,11 @@ def _outputs(session: Any, feeds: list[Feed], which: str | int,
     arrays = {f"{i}|{name}": value for i, run in enumerate(runs[:keep])
               for name, value in zip(names, run, strict=True)}
     if which == "all":
-        arrays["first"] = np.stack([run[0] for run in runs])
+        firsts = [run[0] for run in runs]
+        if len({first.shape for first in firsts}) == 1:
+            arrays["first"] = np.stack(firsts)
+        else:  # samples of different lengths give outputs that do not stack: one key each
+            arrays |= {f"first|{i}": first for i, first in enumerate(firsts)}
     return arrays
 
 

@@ -43,20 +43,42 @@ def check_signature(graph: onnx.GraphProto, inputs: Any, outputs: list[str]) -> 
         raise RecipeError(f"model.outputs are {outputs}, but the ONNX model's outputs are "
                           f"{found}.")
     actual = {value.name: describe(value) for value in graph_inputs(graph)}
-    if set(actual) != {spec.name for spec in inputs}:
-        raise RecipeError(f"model.inputs are {sorted(spec.name for spec in inputs)}, but the "
-                          f"ONNX model's inputs are {sorted(actual)}.")
-    for spec in inputs:
-        found, wanted = actual[spec.name], list(spec.shape)
-        if found["dtype"] != spec.dtype:
-            raise RecipeError(f"model.inputs '{spec.name}' is {spec.dtype} in the recipe, "
-                              f"{found['dtype']} in the ONNX model.")
-        # a dynamic ONNX dim takes any size; a fixed one must be what the recipe says
-        if len(found["shape"]) != len(wanted) or any(
-                a != w and not isinstance(a, str)
-                for a, w in zip(found["shape"], wanted, strict=False)):
-            raise RecipeError(f"model.inputs '{spec.name}' has shape {wanted} in the recipe, "
-                              f"{found['shape']} in the ONNX model.")
+    names = [spec.name for spec in inputs]
+    for index, spec in enumerate(inputs):
+        if spec.name not in actual:
+            raise RecipeError(f"model.inputs.{index}.name: '{spec.name}' is not an input of the "
+                              f"ONNX model; model.inputs are {names}, the model's inputs are "
+                              f"{sorted(actual)}.")
+    if set(actual) != set(names):
+        raise RecipeError(f"model.inputs are {names}, but the ONNX model's inputs are "
+                          f"{sorted(actual)}: declare every input.")
+    for index, spec in enumerate(inputs):
+        _check_input(index, spec, actual[spec.name])
+
+
+def _check_input(index: int, spec: Any, found: dict[str, Any]) -> None:
+    key, wanted = f"model.inputs.{index}", list(spec.shape)
+    if found["dtype"] != spec.dtype:
+        raise RecipeError(f"{key}.dtype: '{spec.name}' is {spec.dtype} in the recipe, "
+                          f"{found['dtype']} in the ONNX model.")
+    # a dynamic ONNX dim takes any size; a fixed one must be what the recipe says
+    if len(found["shape"]) != len(wanted) or any(
+            a != w and not isinstance(a, str)
+            for a, w in zip(found["shape"], wanted, strict=False)):
+        pinned = [w for a, w in zip(found["shape"], wanted, strict=False)
+                  if isinstance(w, str) and not isinstance(a, str)]
+        hint = (f"; the model fixes the dynamic dim(s) {pinned} (its code pins their size, "
+                "e.g. a reshape to a constant): declare the size or make the code general"
+                if pinned and len(found["shape"]) == len(wanted) else "")
+        raise RecipeError(f"{key}.shape: '{spec.name}' is declared {wanted}, the ONNX model "
+                          f"expects {found['shape']}{hint}.")
+
+
+def declared(inputs: Any, sample: Feed) -> str:
+    """``model.inputs`` as declared, and the shapes of the sample made from them, for a
+    message about a model that does not take them."""
+    return "; ".join(f"model.inputs.{i} '{spec.name}' {list(spec.shape)} {spec.dtype} (sampled "
+                     f"as {list(sample[spec.name].shape)})" for i, spec in enumerate(inputs))
 
 
 def parity(path: Path, reference: Reference | None, samples: list[Feed],

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError, RecipeError, StageError
+from stages.export.checks import declared
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,9 +31,7 @@ def export_tensorflow(make: Callable[[], Any] | None, model: Any, export: Any,
 
     call = _load(make, model)
     names = [spec.name for spec in model.inputs]
-    # one eager call tells whether outputs come as a dict (a SavedModel signature does)
-    probe = call(*(tf.constant(sample[name]) for name in names))
-    keys = _output_keys(probe, list(model.outputs))
+    keys = _output_keys(_probe(call, model.inputs, sample), list(model.outputs))
     specs = [tf.TensorSpec([None if isinstance(d, str) else d for d in spec.shape],
                            tf.as_dtype(spec.dtype), name=spec.name) for spec in model.inputs]
     function = tf.function(lambda *args: _flatten(call(*args), keys), input_signature=specs)
@@ -53,14 +52,14 @@ def _load(make: Callable[[], Any] | None, model: Any) -> Callable[..., Any]:
 
     if make is not None:
         built = make()
-        return _keras_call(built) if isinstance(built, keras.Model) else built
+        return _keras_call(built, model.inputs) if isinstance(built, keras.Model) else built
     if not model.path:
         raise RecipeError("model.framework=tensorflow needs model.path (a .keras file or a "
                           "SavedModel directory) or model.factory.")
     path = Path(model.path)
     if path.is_file() and path.suffix == ".keras":
         # safe_mode (the default) refuses to deserialize lambdas, i.e. code inside the file
-        return _keras_call(keras.models.load_model(path, compile=False))
+        return _keras_call(keras.models.load_model(path, compile=False), model.inputs)
     if path.is_dir():
         loaded = tf.saved_model.load(str(path))
         if "serving_default" in loaded.signatures:
@@ -72,11 +71,41 @@ def _load(make: Callable[[], Any] | None, model: Any) -> Callable[..., Any]:
     raise InputError(f"model.path: {path} is neither a .keras file nor a SavedModel directory.")
 
 
-def _keras_call(model: Any) -> Callable[..., Any]:
+def _keras_call(model: Any, inputs: Any) -> Callable[..., Any]:
+    """The Keras model called with the recipe's inputs, after checking their declared shapes
+    against those it was built for (in the order the recipe's inputs feed it)."""
+    for index, (spec, tensor) in enumerate(zip(inputs, model.inputs, strict=False)):
+        _check_expected(index, spec, tuple(tensor.shape))
+
     def call(*args: Any) -> Any:
         return model(args[0] if len(args) == 1 else list(args), training=False)
 
     return call
+
+
+def _probe(call: Callable[..., Any], inputs: Any, sample: Feed) -> Any:
+    """One eager call on the sample shaped as ``model.inputs`` declares; it also tells whether
+    outputs come as a dict (a SavedModel signature does)."""
+    import tensorflow as tf
+
+    try:
+        return call(*(tf.constant(sample[spec.name]) for spec in inputs))
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RecipeError(
+            f"the TensorFlow model fails on inputs shaped as declared ({declared(inputs, sample)})"
+            f": {type(exc).__name__}: {cause}. Check model.inputs.<i>.shape/dtype against what "
+            "the model expects.") from exc
+
+
+def _check_expected(index: int, spec: Any, shape: tuple[int | None, ...]) -> None:
+    """A Keras input's fixed dims are what ``model.inputs.<index>`` declares (None: any)."""
+    wanted = list(spec.shape)
+    expected = ["?" if size is None else size for size in shape]
+    if len(shape) != len(wanted) or any(
+            size is not None and size != dim for size, dim in zip(shape, wanted, strict=False)):
+        raise RecipeError(f"model.inputs.{index}.shape: '{spec.name}' is declared {wanted}, the "
+                          f"Keras model expects {expected} ('?' takes any size).")
 
 
 def _signature_call(loaded: Any, names: list[str]) -> Callable[..., Any]:

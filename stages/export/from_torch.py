@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError
 from stages.common.torch_models import dynamic_shapes, flatten, load_checkpoint
+from stages.export.checks import declared
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,6 +45,7 @@ def export_torch(make: Callable[[], Any], model: Any, export: Any,
     except TypeError as exc:
         raise RecipeError(f"model.inputs {names} do not fit {type(module).__name__}.forward"
                           f"{inspect.signature(module.forward)}: {exc}") from exc
+    _probe(module, args, model.inputs, sample)
     with warnings.catch_warnings():
         # one Dim shared by several inputs (a common "batch") is intended, not worth a warning
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
@@ -52,6 +54,23 @@ def export_torch(make: Callable[[], Any], model: Any, export: Any,
             output_names=list(model.outputs) or None, opset_version=export.opset,
             dynamic_shapes=dynamic_shapes(model.inputs))
     return program.model_proto, _reference(module, names)
+
+
+def _probe(module: Any, args: tuple[Any, ...], inputs: Any, sample: Feed) -> None:
+    """One eager run on the sample shaped as ``model.inputs`` declares: a wrong shape or dtype
+    is then named as the recipe's, not found deep in the exporter's trace (torch.export
+    reports it as an error of some matmul, after a page of fake-tensor logs)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            module(*args)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RecipeError(
+            f"the torch model fails on inputs shaped as declared ({declared(inputs, sample)}): "
+            f"{type(exc).__name__}: {cause}. Check model.inputs.<i>.shape/dtype (and low/high "
+            "for indices) against what the model's forward expects.") from exc
 
 
 def _reference(module: Any, names: list[str]) -> Reference:

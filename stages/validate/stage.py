@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from pipeline.errors import GateError, RecipeError
 from pipeline.registry import StageContext, stage
 from pipeline.schema import DATASET_SOURCES
+from stages.common.datasets.early import check_dataset
 from stages.common.onnx_files import model_file, model_size, model_stats
 from stages.validate.params import ValidateParams
 
@@ -48,7 +49,7 @@ GATES = {
 @stage("validate", params=ValidateParams, section=True, inputs=("candidate", "reference"),
        reads=("dataset", "model.inputs", "target"), per_target=True,
        tools=("onnxruntime", "numpy", "scikit-learn"),
-       sources=DATASET_SOURCES,
+       sources=DATASET_SOURCES, check=check_dataset,
        exclusive=True, version=3)
 def validate(ctx: StageContext) -> dict[str, Any]:
     """Measure agreement, accuracy, latency, placement and size; raise if a gate fails."""
@@ -72,7 +73,7 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     start = time.perf_counter()
     ctx.report(f"comparing on {len(feeds)} samples ({runtime.info['pinned']})")
     measured = _measure(ctx, runtime, report, feeds)
-    cand, ref = measured["candidate|first"], measured["reference|first"]
+    cand, ref = (metrics.first_outputs(measured, role) for role in ("candidate", "reference"))
     report |= {"evaluation_samples": len(feeds)}
     report |= metrics.agreement(cand, ref) | metrics.accuracy(cand, ref, labels)
     report["size_bytes"] = {"candidate": model_size(ctx.inputs["candidate"]),
@@ -251,8 +252,9 @@ def _samples(ctx: StageContext, report: dict[str, Any], feeds: list[Any],
     cpu = [_sample(measured, "cpu_candidate", i) for i in range(keep)]
     gap = None
     if not report["validated_on_target_ep"]:
-        first_cand = measured["candidate|first"][:keep].astype("float64")
-        gap = float(abs(first_cand - measured["reference|first"][:keep]).max())
+        pairs = zip(*(metrics.first_outputs(measured, role)[:keep]
+                      for role in ("candidate", "reference")), strict=True)
+        gap = max(float(abs(c.astype("float64") - r).max()) for c, r in pairs)
     tolerances = metrics.tolerances(expected, cpu if any(cpu) else None, gap)
     entry = metrics.write_samples(ctx.out / "samples.npz", feeds[:keep], expected, tolerances)
     return entry | {"outputs_from": f"{report['ran_on'][0]} ({report['runtime']['pinned']})"}

@@ -8,7 +8,9 @@ far larger than the few hundred files calibration needs.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -17,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, RecipeError
 from stages.common.datasets import images as dataset_images
+from stages.common.datasets.checks import Layout, dtype_name
 from stages.common.factories import import_callable
 
 if TYPE_CHECKING:
@@ -106,11 +109,7 @@ def _read_arrays(file: Path, input_names: list[str]) -> tuple[dict[str, np.ndarr
                                                               np.ndarray | None]:
     try:
         if file.suffix == ".npy":
-            if len(input_names) != 1:
-                raise InputError(f"dataset: '{file}' is a .npy file, which holds one array, but "
-                                 f"the model has {len(input_names)} inputs {input_names}; use "
-                                 "a .npz with one array per input.")
-            return {input_names[0]: np.load(file, allow_pickle=False)}, None
+            return {_npy_input(file, input_names): np.load(file, allow_pickle=False)}, None
         with np.load(file, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files if name != "labels"}
             labels = data["labels"].astype(np.int64) if "labels" in data.files else None
@@ -120,6 +119,46 @@ def _read_arrays(file: Path, input_names: list[str]) -> tuple[dict[str, np.ndarr
     except (OSError, ValueError) as exc:  # not an array file, or one that needs pickle
         raise InputError(f"dataset: cannot read '{file}' as {file.suffix}: {exc}") from exc
     return arrays, labels
+
+
+def _npy_input(file: Path, input_names: list[str]) -> str:
+    if len(input_names) != 1:
+        raise InputError(f"dataset: '{file}' is a .npy file, which holds one array, but the "
+                         f"model has {len(input_names)} inputs {input_names}; use a .npz with "
+                         "one array per input.")
+    return input_names[0]
+
+
+def peek_arrays(path: Path, input_names: list[str]) -> tuple[str, Layout]:
+    """(sample id, layout of one sample) of the first array file of ``path``, from the .npy
+    headers of its arrays: no array is read."""
+    files = sorted(p for p in path.iterdir()
+                   if p.suffix in ARRAY_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise InputError(f"dataset: folder '{path}' holds no .npz or .npy files.")
+    file = files[0]
+    try:
+        if file.suffix == ".npy":
+            with file.open("rb") as handle:
+                return f"{file}[0]", {_npy_input(file, input_names): _header(handle)}
+        with zipfile.ZipFile(file) as archive:
+            members = [m for m in archive.namelist() if m.endswith(".npy")]
+            headers = {}
+            for member in members:
+                with archive.open(member) as handle:
+                    headers[member.removesuffix(".npy")] = _header(handle)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"dataset: cannot read '{file}' as {file.suffix}: {exc}") from exc
+    return f"{file}[0]", {name: h for name, h in headers.items() if name != "labels"}
+
+
+def _header(handle: Any) -> tuple[str, tuple[int, ...]]:
+    """dtype and shape of one sample (a batch axis of 1, as ``_feeds`` slices rows)."""
+    version = np.lib.format.read_magic(handle)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(handle)
+    return dtype_name(dtype), (1, *shape[1:])
 
 
 def _same_layout(file: Path, arrays: dict[str, np.ndarray], first_file: Path,
@@ -144,23 +183,16 @@ def _count(file: Path, arrays: dict[str, np.ndarray]) -> int:
     return next(iter(counts.values()), 0)
 
 
-def callable_pool(cfg: Any, inputs: Any, limit: int | None) -> Pool:
-    """The feed dicts of ``dataset.factory``, read in full (or up to ``limit``)."""
-    kwargs = OmegaConf.to_container(cfg.factory_kwargs, resolve=True)
-    produced = _import_factory(cfg.factory)(**kwargs)
-    if not isinstance(produced, Iterable) or isinstance(produced, Mapping):
-        raise InputError(f"dataset.factory '{cfg.factory}' returned a "
-                         f"{type(produced).__name__}; it must return an iterable of feed dicts.")
+def callable_pool(cfg: Any, inputs: Any, limit: int | None, split: str | None = None) -> Pool:
+    """The feed dicts of ``dataset.factory``, read in full (or up to ``limit``); with ``split``
+    the factory is asked for that split's samples (it takes a ``split`` parameter)."""
     ranks = {spec.name: len(spec.shape) for spec in inputs}
+    tag = "factory" if split is None else f"factory({split})"
     feeds, labels = [], []
-    for i, item in enumerate(islice(produced, limit)):
-        if not isinstance(item, Mapping):
-            raise InputError(f"dataset.factory '{cfg.factory}': sample {i} is a "
-                             f"{type(item).__name__}, not a dict {{input name: array}}.")
-        feed = {str(k): np.asarray(v) for k, v in item.items() if k != "labels"}
-        # the batch axis is optional: add it where a sample lacks exactly that one axis
-        feeds.append({k: v[None] if ranks.get(k) == v.ndim + 1 else v for k, v in feed.items()})
-        labels.append(item.get("labels"))
+    for i, item in enumerate(islice(produce(cfg, split), limit)):
+        feed, label = as_feed(cfg.factory, i, item, ranks)
+        feeds.append(feed)
+        labels.append(label)
     has = [label is not None for label in labels]
     if any(has) and not all(has):
         raise InputError(f"dataset.factory '{cfg.factory}': sample {has.index(not has[0])} "
@@ -168,8 +200,43 @@ def callable_pool(cfg: Any, inputs: Any, limit: int | None) -> Pool:
                          f"{'has' if has[0] else 'lacks'} one; label every sample or none.")
     label_array = np.array([int(np.asarray(x).reshape(-1)[0]) for x in labels], np.int64) \
         if labels and all(has) else None
-    return Pool([f"factory[{i}]" for i in range(len(feeds))], label_array,
+    return Pool([f"{tag}[{i}]" for i in range(len(feeds))], label_array,
                 lambda indices: [feeds[i] for i in indices], uniform=False)
+
+
+def takes_split(factory: str) -> bool:
+    """Whether ``dataset.factory`` has a parameter named ``split``: it then makes each split."""
+    try:
+        return "split" in inspect.signature(_import_factory(factory)).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+
+
+def produce(cfg: Any, split: str | None) -> Iterable[Any]:
+    """What ``dataset.factory`` returns, called with ``factory_kwargs`` (and ``split``)."""
+    kwargs = OmegaConf.to_container(cfg.factory_kwargs, resolve=True)
+    if split is not None:
+        if "split" in kwargs:
+            raise RecipeError(f"dataset.factory_kwargs.split: '{cfg.factory}' takes the split, "
+                              "and edgekiln passes it for each split itself; remove the key.")
+        kwargs["split"] = split
+    produced = _import_factory(cfg.factory)(**kwargs)
+    if not isinstance(produced, Iterable) or isinstance(produced, Mapping):
+        raise InputError(f"dataset.factory '{cfg.factory}' returned a "
+                         f"{type(produced).__name__}; it must return an iterable of feed dicts.")
+    return produced
+
+
+def as_feed(factory: str, index: int, item: Any,
+            ranks: dict[str, int]) -> tuple[Feed, Any]:
+    """(feed, its 'labels' entry or None) of one item a factory yielded."""
+    if not isinstance(item, Mapping):
+        raise InputError(f"dataset.factory '{factory}': sample {index} is a "
+                         f"{type(item).__name__}, not a dict {{input name: array}}.")
+    feed = {str(k): np.asarray(v) for k, v in item.items() if k != "labels"}
+    # the batch axis is optional: add it where a sample lacks exactly that one axis
+    feed = {k: v[None] if ranks.get(k) == v.ndim + 1 else v for k, v in feed.items()}
+    return feed, item.get("labels")
 
 
 def _import_factory(factory: str) -> Callable[..., Any]:

@@ -5,7 +5,7 @@ disjoint: they are dealt from one seeded permutation of the source, or read from
 files (``DatasetConfig`` in pipeline/schema.py has the rules). A split shapes its samples on
 first use, so quantize pays only for the calibration samples it takes. Data that does not fit
 the model's inputs fails here, before any quantization, with the input, expected vs actual and
-the first bad sample.
+the first bad sample (``checks.problem``; the plan already checked one sample per source).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pipeline.errors import InputError, RecipeError
 from pipeline.schema import DatasetConfig
 from stages.common.datasets import images as dataset_images
 from stages.common.datasets import sources as dataset_sources
+from stages.common.datasets.checks import SPLITS, layout_of, one_image_input, problem
 from stages.common.datasets.sources import Feed, Pool
 
-SPLITS = ("calibration", "evaluation", "training")
 FILE_KINDS = ("npz", "npy", "images")
 
 __all__ = ["SPLITS", "Dataset", "Feed", "Feeds", "Split", "load_dataset"]
@@ -138,6 +138,11 @@ def _where(cfg: DictConfig) -> str:
 def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray, str]]:
     """Each split's pool and sample indices (and why it may be empty), disjoint by design."""
     own = {name: cfg[f"{name}_path"] for name in SPLITS if cfg[f"{name}_path"]}
+    if own and cfg.kind not in FILE_KINDS:
+        raise RecipeError(f"dataset.{next(iter(own))}_path: only file sources "
+                          f"({', '.join(FILE_KINDS)}) take split paths, not kind={cfg.kind}.")
+    if cfg.kind == "callable" and cfg.factory and dataset_sources.takes_split(cfg.factory):
+        return _deal_factory(cfg, specs)
     shared = [name for name in SPLITS if name not in own]
     pools = _open_pools(cfg, specs, own, shared)
     dealt = {}
@@ -155,6 +160,8 @@ def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray
                f"{_size(cfg, name)}")
         if halved:
             why += ", and calibration takes at most half of a source it shares with evaluation"
+            if cfg.kind == "callable":
+                why += " (a factory with a 'split' parameter makes each split whole)"
         if "shared" not in pools:
             why = f"dataset.{name}_path is not set and neither is dataset.path"
         dealt[name] = (pool, taken, why)
@@ -167,6 +174,18 @@ def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray
     return {name: dealt[name] for name in SPLITS}
 
 
+def _deal_factory(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray, str]]:
+    """Each split as a factory that takes the split gives it: its first ``<split>_size``
+    samples, in the factory's order (it decides what goes where, so nothing is shuffled)."""
+    dealt = {}
+    for name in SPLITS:
+        pool = dataset_sources.callable_pool(cfg, specs, cfg[f"{name}_size"], split=name)
+        why = (f"dataset.factory '{cfg.factory}' yielded no samples for split='{name}' "
+               f"({_size(cfg, name)})")
+        dealt[name] = (pool, np.arange(len(pool.ids)), why)
+    return dealt
+
+
 def _size(cfg: DictConfig, name: str) -> str:
     size = cfg[f"{name}_size"]
     return f"{name}_size={'null' if size is None else size}"
@@ -175,9 +194,6 @@ def _size(cfg: DictConfig, name: str) -> str:
 def _open_pools(cfg: DictConfig, specs: list[Any], own: dict[str, str],
                 shared: list[str]) -> dict[str, Pool]:
     """The pools in use: "shared" (when a split draws from it) and one per split path."""
-    if own and cfg.kind not in FILE_KINDS:
-        raise RecipeError(f"dataset.{next(iter(own))}_path: only file sources "
-                          f"({', '.join(FILE_KINDS)}) take split paths, not kind={cfg.kind}.")
     if cfg.kind in FILE_KINDS:
         paths = ({"shared": cfg.path} if shared and cfg.path else {}) | own
         if not paths:
@@ -190,10 +206,7 @@ def _open_pools(cfg: DictConfig, specs: list[Any], own: dict[str, str],
         return {}
     names = [spec.name for spec in specs]
     if cfg.kind == "digits":
-        if len(names) != 1:
-            raise RecipeError(f"dataset.kind=digits feeds one image input; the model has "
-                              f"{len(names)} inputs {names}.")
-        return {"shared": dataset_sources.digits_pool(cfg, names[0])}
+        return {"shared": dataset_sources.digits_pool(cfg, one_image_input("digits", names))}
     capped = cfg.training_size is not None
     total = cfg.calibration_size + cfg.evaluation_size + (cfg.training_size or 0)
     if cfg.kind == "callable":
@@ -229,9 +242,7 @@ def _file_pools(cfg: DictConfig, specs: list[Any], paths: dict[str, Path]) -> di
     names = [spec.name for spec in specs]
     if cfg.kind != "images":
         return {key: dataset_sources.arrays_pool(path, names) for key, path in paths.items()}
-    if len(names) != 1:
-        raise RecipeError(f"dataset.kind=images feeds one image input; the model has "
-                          f"{len(names)} inputs {names}.")
+    name = one_image_input("images", names)
     folders = {key: dataset_images.scan(path) for key, path in paths.items()}
     flat = {key for key, folder in folders.items() if None in folder.classes}
     if flat and len(flat) != len(folders):
@@ -239,7 +250,7 @@ def _file_pools(cfg: DictConfig, specs: list[Any], paths: dict[str, Path]) -> di
                          f"{_key(sorted(set(folders) - flat)[0])} has class subfolders; use "
                          "one layout for every split.")
     classes = sorted({c for folder in folders.values() for c in folder.classes if c})
-    return {key: dataset_sources.images_pool([folder], classes, cfg, names[0])
+    return {key: dataset_sources.images_pool([folder], classes, cfg, name)
             for key, folder in folders.items()}
 
 
@@ -247,27 +258,7 @@ def _check_split(name: str, split: Split, uniform: bool, specs: list[Any], where
     """Fail on the first sample that does not fit ``specs``; one sample stands for all when
     the pool is uniform (rows of the same arrays, or images shaped the same way)."""
     for index in range(min(len(split.feeds), 1) if uniform else len(split.feeds)):
-        problem = _problem(split.feeds[index], specs)
-        if problem:
-            raise InputError(f"{where}: {name} sample {index} ({split.ids[index]}): {problem}. "
+        found = problem(layout_of(split.feeds[index]), specs)
+        if found:
+            raise InputError(f"{where}: {name} sample {index} ({split.ids[index]}): {found}. "
                              "Every sample must match model.inputs.")
-
-
-def _problem(feed: Feed, specs: list[Any]) -> str | None:
-    names = [spec.name for spec in specs]
-    missing = [n for n in names if n not in feed]
-    if missing:
-        return f"model input '{missing[0]}' has no data (the sample has {sorted(feed)})"
-    extra = sorted(set(feed) - set(names))
-    if extra:
-        return f"data {extra} matches no model input (the model's inputs are {names})"
-    for spec in specs:
-        array, shape = feed[spec.name], list(spec.shape)
-        if array.dtype != np.dtype(spec.dtype):
-            return f"model input '{spec.name}' expects {spec.dtype}, the sample is {array.dtype}"
-        fits = array.ndim == len(shape) and all(
-            a == e for a, e in zip(array.shape, shape, strict=True) if isinstance(e, int))
-        if not fits:
-            return (f"model input '{spec.name}' expects samples of shape {shape} (batch axis "
-                    f"included), the sample has {list(array.shape)}")
-    return None

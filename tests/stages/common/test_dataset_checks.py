@@ -24,13 +24,14 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.mark.parametrize(("arrays", "message"), [
     pytest.param({"a": np.zeros((9, 3), np.float64), "b": np.zeros((9, 2), np.int64)},
-                 r"calibration sample 0 \(.*t.npz\[\d\]\): model input 'a' expects float32, "
-                 r"the sample is float64", id="dtype"),
+                 r"calibration sample 0 \(.*t.npz\[\d\]\): model input 'a' expects float32 "
+                 r"\(model.inputs.0.dtype\), the sample is float64", id="dtype"),
     pytest.param({"a": np.zeros((9, 4), np.float32), "b": np.zeros((9, 2), np.int64)},
-                 r"model input 'a' expects samples of shape \['batch', 3\] \(batch axis "
-                 r"included\), the sample has \[1, 4\]", id="shape"),
+                 r"model input 'a' expects samples of shape \['batch', 3\] \(model.inputs.0.shape, "
+                 r"batch axis included\), the sample has \[1, 4\]", id="shape"),
     pytest.param({"a": np.zeros((9, 3), np.float32)},
-                 r"model input 'b' has no data \(the sample has \['a'\]\)", id="missing"),
+                 r"model input 'b' \(model.inputs.1\) has no data \(the sample has "
+                 r"\['a'\]\)", id="missing"),
     pytest.param({"a": np.zeros((9, 3), np.float32), "b": np.zeros((9, 2), np.int64),
                   "c": np.zeros((9, 1))}, r"data \['c'\] matches no model input \(the model's "
                  r"inputs are \['a', 'b'\]\)", id="extra"),
@@ -44,7 +45,8 @@ def test_data_that_does_not_fit_the_model(tmp_path: Path, arrays: dict[str, np.n
 
 def test_the_first_bad_sample_of_a_callable_is_named() -> None:
     with pytest.raises(InputError, match=r"sample \d+ \(factory\[13\]\): model input "
-                                         r"'input_ids' expects int64, the sample is int32"):
+                                         r"'input_ids' expects int64 \(model.inputs.0.dtype\), "
+                                         r"the sample is int32"):
         load(TOKENS, kind="callable", factory="tests.fixtures.dataset_helpers:one_bad",
              factory_kwargs={"count": 20, "bad": 13}, calibration_size=5, evaluation_size=5)
 
@@ -116,9 +118,10 @@ def test_bad_image_folders(tmp_path: Path, setup: Any, error: type[Exception],
 # --- cache keys -------------------------------------------------------------------------------
 
 def test_every_stage_reading_the_dataset_digests_its_content() -> None:
-    from pipeline.registry import REGISTRY
+    from pipeline.registry import load_kinds
 
-    readers = [spec for spec in REGISTRY.values() if "dataset" in spec.reads]
+    # every installed kind, whichever tests imported which stage modules before this one
+    readers = [spec for spec in load_kinds().values() if "dataset" in spec.reads]
     assert {spec.kind for spec in readers} >= {"quantize", "validate"}
     for spec in readers:
         assert set(DATASET_SOURCES) <= set(spec.sources), spec.kind
@@ -141,20 +144,25 @@ def _keys(*overrides: str, state_dir: Path) -> dict[str, str]:
             for name in ("quantize@cpu", "validate@cpu", "package@cpu")}
 
 
+def _pixels(path: Path, value: float) -> None:
+    """20 samples digits_torch takes ('pixels', float32 N x 1 x 8 x 8), all of ``value``."""
+    np.savez(path, pixels=np.full((20, 1, 8, 8), value, np.float32))
+
+
 def test_cache_keys_follow_the_data_content(tmp_path: Path) -> None:
-    write_table(tmp_path / "t.npz", 20)
+    _pixels(tmp_path / "t.npz", 0.0)
     (tmp_path / "calib").mkdir()
-    write_png(tmp_path / "calib" / "0.png", np.zeros((8, 8)))
+    _pixels(tmp_path / "calib" / "0.npz", 0.0)
     args = ("dataset.kind=npz", f"dataset.path={tmp_path / 't.npz'}",
             f"dataset.calibration_path={tmp_path / 'calib'}")
     before = _keys(*args, state_dir=tmp_path)
     assert _keys(*args, state_dir=tmp_path) == before
-    write_table(tmp_path / "t.npz", 20, start=1)  # same name, same size, other numbers
+    _pixels(tmp_path / "t.npz", 1.0)  # same name, same size, other numbers
     changed = _keys(*args, state_dir=tmp_path)
     assert changed["quantize@cpu"] != before["quantize@cpu"]
     assert changed["validate@cpu"] != before["validate@cpu"]
     assert changed["package@cpu"] == before["package@cpu"]  # it never reads the dataset
-    write_png(tmp_path / "calib" / "0.png", np.ones((8, 8)))
+    _pixels(tmp_path / "calib" / "0.npz", 1.0)  # a file inside a split's folder
     assert _keys(*args, state_dir=tmp_path)["quantize@cpu"] != changed["quantize@cpu"]
     with pytest.raises(RecipeError, match=r"dataset.evaluation_path: '.*nope' does not exist"):
         _keys(*args, f"dataset.evaluation_path={tmp_path / 'nope'}", state_dir=tmp_path)

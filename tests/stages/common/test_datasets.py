@@ -12,6 +12,7 @@ from PIL import Image
 from pipeline.errors import InputError, RecipeError
 from stages.common.datasets.splits import SPLITS
 from tests.fixtures.dataset_helpers import (
+    SPLIT_CODES,
     TABLE,
     TOKENS,
     assert_disjoint,
@@ -235,6 +236,29 @@ def test_an_endless_callable_is_read_up_to_the_sizes() -> None:
     assert [len(data.splits[n].feeds) for n in SPLITS] == [3, 4, 5]
     values = sorted(int(f["input_ids"][0, 0]) for n in SPLITS for f in data.splits[n].feeds)
     assert values == list(range(12))
+
+
+def test_a_factory_that_takes_the_split_makes_each_split_whole() -> None:
+    common = {"kind": "callable", "factory_kwargs": {"count": 40}, "calibration_size": 32,
+              "evaluation_size": 16}
+    per_split = load(TOKENS, factory="tests.fixtures.dataset_helpers:split_tokens", **common)
+    assert [len(per_split.splits[n].feeds) for n in SPLITS] == [32, 16, 40]
+    for name in SPLITS:
+        split = per_split.splits[name]
+        assert {int(f["input_ids"].max()) for f in split.feeds} == {SPLIT_CODES[name]}
+        assert split.ids[:2] == (f"factory({name})[0]", f"factory({name})[1]")
+        assert split.feeds[0]["input_ids"].shape == (1, 6)  # the batch axis added, as before
+        assert list(split.labels[:3]) == [0, 1, 0]
+    # the no-argument form is called once and dealt: calibration gets at most half of it
+    shared = load(TOKENS, factory="tests.fixtures.dataset_helpers:tokens", **common)
+    assert [len(shared.splits[n].feeds) for n in SPLITS] == [20, 16, 4]
+
+
+def test_a_split_in_factory_kwargs_is_refused_when_the_factory_takes_it() -> None:
+    with pytest.raises(RecipeError, match=r"dataset.factory_kwargs.split: .*passes it for "
+                                          r"each split itself"):
+        load(TOKENS, kind="callable", factory="tests.fixtures.dataset_helpers:split_tokens",
+             factory_kwargs={"split": "evaluation"})
 
 
 def test_synthetic_warns_and_fits_the_inputs(caplog: pytest.LogCaptureFixture) -> None:

@@ -102,6 +102,14 @@ def test_keras_factory_with_two_inputs(context_factory: Any) -> None:
     assert summary["parity"]["max_abs_diff"] <= 1e-4
 
 
+def test_keras_input_shapes_are_checked_against_the_declared_ones(context_factory: Any) -> None:
+    inputs = [{"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]  # NCHW
+    ctx = context_factory(config("tensorflow", inputs, path=str(ZOO / "digits_cnn.keras")))
+    with pytest.raises(RecipeError, match=r"model.inputs.0.shape: 'pixels' is declared "
+                       r"\['batch', 1, 8, 8\], the Keras model expects \['\?', 8, 8, 1\]"):
+        export(ctx)
+
+
 def test_saved_model_keeps_signature_output_names(context_factory: Any, tmp_path: Path) -> None:
     save_tf_module(tmp_path / "saved")
     ctx = context_factory(config("tensorflow", AFFINE, path=str(tmp_path / "saved")))
@@ -123,11 +131,13 @@ def test_existing_onnx_is_copied_and_run(context_factory: Any, tmp_path: Path) -
 
 @pytest.mark.parametrize(("inputs", "outputs", "message"), [
     pytest.param([{"name": "image", "dtype": "float32", "shape": ["batch", 3]}], [],
-                 r"model.inputs are \['image'\].*\['x'\]", id="input-name"),
+                 r"model.inputs.0.name: 'image' is not an input of the ONNX model; .*\['x'\]",
+                 id="input-name"),
     pytest.param([{"name": "x", "dtype": "int64", "shape": ["batch", 3]}], [],
-                 r"model.inputs 'x' is int64 in the recipe, float32", id="input-dtype"),
+                 r"model.inputs.0.dtype: 'x' is int64 in the recipe, float32", id="input-dtype"),
     pytest.param([{"name": "x", "dtype": "float32", "shape": ["batch", 4]}], [],
-                 r"model.inputs 'x' has shape \['batch', 4\]", id="input-shape"),
+                 r"model.inputs.0.shape: 'x' is declared \['batch', 4\], the ONNX model "
+                 r"expects \['N', 3\]\.", id="input-shape"),
     pytest.param(AFFINE, ["z"], r"model.outputs are \['z'\].*\['y'\]", id="output-name"),
 ])
 def test_onnx_signature_must_match_the_recipe(context_factory: Any, tmp_path: Path,
@@ -165,6 +175,26 @@ def test_inputs_must_fit_forward(context_factory: Any) -> None:
     inputs = [*DIGITS_NCHW, {"name": "extra", "dtype": "float32", "shape": [1]}]
     ctx = context_factory(config("torch", inputs, factory="recipes.zoo.digits:digits_cnn"))
     with pytest.raises(RecipeError, match=r"model.inputs \['pixels', 'extra'\] do not fit"):
+        export(ctx)
+
+
+def test_a_wrong_declared_shape_is_named_before_torch_export_runs(context_factory: Any) -> None:
+    inputs = [{"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 10, 10]}]
+    ctx = context_factory(config("torch", inputs, factory="recipes.zoo.digits:digits_cnn"))
+    with pytest.raises(RecipeError, match=r"fails on inputs shaped as declared \(model.inputs.0 "
+                       r"'pixels' \['batch', 1, 10, 10\] float32 \(sampled as \[2, 1, 10, 10\]\)"
+                       r"\): RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
+        export(ctx)
+
+
+def test_a_dynamic_dim_the_model_pins_is_named_with_the_exported_shape(
+        context_factory: Any) -> None:
+    inputs = [{"name": "x", "dtype": "float32", "shape": ["batch", 16]}]
+    ctx = context_factory(config("torch", inputs,
+                                 factory="tests.fixtures.export_models:pinned_batch"))
+    with pytest.raises(RecipeError, match=r"model.inputs.0.shape: 'x' is declared \['batch', "
+                       r"16\], the ONNX model expects \[2, 16\]; the model fixes the dynamic "
+                       r"dim\(s\) \['batch'\]"):
         export(ctx)
 
 
