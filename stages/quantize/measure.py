@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
+from stages.common import metrics
 from stages.common.onnx_files import model_file
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ FP32 = "fp32"
 
 @dataclass
 class Runs:
-    outputs: dict[str, np.ndarray]  # model -> first output of every sample, stacked
+    outputs: dict[str, Any]  # model -> every sample's first output (metrics.first_outputs)
     p50_ms: dict[str, float]  # model -> median over rounds of its batch-1 p50
     rounds_ms: dict[str, list[float]]
     ran_on: str  # the EP that ran the candidates
@@ -66,7 +67,7 @@ def run_models(ctx: StageContext, models: dict[str, Path], feeds: list[Feed]) ->
         for model in order:
             rounds[model].append(result["jobs"][model]["latency"]["p50"])
         if index == 0:
-            outputs = {model: arrays[f"{model}|first"] for model in order}
+            outputs = {model: metrics.first_outputs(arrays, model) for model in order}
             ran_on = result["jobs"][order[-1]]["ran_on"][0]
     if runtime.python is not None or ran_on != CPU:
         outputs[FP32] = _host_reference(paths[FP32], feeds)
@@ -74,9 +75,9 @@ def run_models(ctx: StageContext, models: dict[str, Path], feeds: list[Feed]) ->
                 ran_on == providers[0]["name"], runtime.info["pinned"])
 
 
-def _host_reference(path: str, feeds: list[Feed]) -> np.ndarray:
+def _host_reference(path: str, feeds: list[Feed]) -> Any:
     from stages.common import ort_worker
 
     request = {"providers": [{"name": CPU, "options": {}}],
                "jobs": [{"role": FP32, "path": path, "outputs": "all"}]}
-    return ort_worker.run_request(request, feeds)[1][f"{FP32}|first"]
+    return metrics.first_outputs(ort_worker.run_request(request, feeds)[1], FP32)

@@ -316,9 +316,12 @@ def feed_reader(feeds: list[Feed], batch: int = 1) -> Any:
     from onnxruntime.quantization import CalibrationDataReader
 
     runs = [feeds[i:i + batch] for i in range(0, len(feeds), batch)]
-    stacked = (feeds if batch == 1 else
-               [{name: np.concatenate([feed[name] for feed in run]) for name in run[0]}
-                for run in runs])
+    stacked: list[Feed] = []
+    for run in runs:
+        # samples of different lengths along a dynamic dim cannot be stacked: one at a time
+        alike = all(len({feed[name].shape for feed in run}) == 1 for name in run[0])
+        stacked += [{name: np.concatenate([feed[name] for feed in run]) for name in run[0]}
+                    ] if alike and batch > 1 else run
 
     class FeedReader(CalibrationDataReader):
         def __init__(self) -> None:
