@@ -10,7 +10,10 @@ from omegaconf import OmegaConf
 from pipeline.registry import StageContext
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
+
+    from tests.fixtures.corpus import Corpus
 
 
 def make_context(config: dict[str, Any], out: Path, inputs: dict[str, Path] | None = None,
@@ -25,3 +28,14 @@ def make_context(config: dict[str, Any], out: Path, inputs: dict[str, Path] | No
 @pytest.fixture
 def context_factory(tmp_path: Path):
     return lambda config, name="out", **kw: make_context(config, tmp_path / name, **kw)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
+    """Real models to quantize (tests/fixtures/corpus): ``corpus["minilm"]`` builds one on
+    first use, in its own process, and the rest of the session reuses it."""
+    from tests.fixtures.corpus import Corpus
+
+    built = Corpus(tmp_path_factory.mktemp("corpus"))
+    yield built
+    built.close()
