@@ -9,6 +9,7 @@ still validated and gets its verdict.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from pipeline.cache import Cache, Entry
     from pipeline.plan import Node, Plan
 
+log = logging.getLogger(__name__)
+
 
 class Display(Protocol):
     def started(self, node: Node) -> None: ...
@@ -36,11 +39,13 @@ class Display(Protocol):
 @dataclass
 class NodeResult:
     node: Node
-    status: str  # ran | cached | failed | skipped
+    status: str  # ran | cached | failed | skipped | lost (a variant that failed)
     seconds: float = 0.0
     key: str | None = None
     entry: Entry | None = None
     error: PipelineError | None = None
+    # why a variant was lost: its node chooses among the others, so the run goes on
+    lost: str | None = None
 
 
 def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, NodeResult]:
@@ -107,7 +112,10 @@ class _Runner:
 
     def run_node(self, node: Node) -> NodeResult:
         start = time.perf_counter()
-        inputs = {slot: self.results[up].entry for slot, up in node.upstream.items()}
+        inputs = {slot: self.results[up].entry for slot, up in node.upstream.items()
+                  if self.results[up].status != "lost"}
+        lost = {slot: self.results[up].lost or "" for slot, up in node.upstream.items()
+                if self.results[up].status == "lost"}
         try:
             digests = {slot: entry.digest for slot, entry in inputs.items()}  # type: ignore[union-attr]
             payload = key_payload(node, digests, self.cache.state)
@@ -115,15 +123,18 @@ class _Runner:
             entry = self.cache.lookup(key) if _reuses(node, self.plan) else None
             status = "cached"
             if entry is None:
-                entry, status = self._build(node, key, payload, inputs)  # type: ignore[arg-type]
+                entry, status = self._build(node, key, payload, inputs, lost)  # type: ignore[arg-type]
         except PipelineError as exc:
+            if node.variant:  # one candidate less: the node that reads it chooses among the rest
+                log.warning("stage '%s' failed, its variant is left out: %s", node.name, exc)
+                return NodeResult(node, "lost", time.perf_counter() - start, lost=str(exc))
             error = type(exc)(f"stage '{node.name}': {exc}")
             error.__cause__ = exc  # --verbose shows the traceback of the stage's own error
             return NodeResult(node, "failed", time.perf_counter() - start, error=error)
         return NodeResult(node, status, time.perf_counter() - start, key, entry)
 
     def _build(self, node: Node, key: str, payload: dict[str, Any],
-               inputs: dict[str, Entry]) -> tuple[Entry, str]:
+               inputs: dict[str, Entry], lost: dict[str, str]) -> tuple[Entry, str]:
         with self.cache.lock(key):
             entry = self.cache.lookup(key) if _reuses(node, self.plan) else None
             if entry is not None:  # another run built it while we waited for the lock
@@ -131,7 +142,8 @@ class _Runner:
             staged = self.cache.staging(key)
             start = time.perf_counter()
             try:
-                summary = node.spec.fn(_context(node, inputs, staged / "out", self.display))
+                summary = node.spec.fn(_context(node, inputs, staged / "out", self.display,
+                                                lost))
             except PipelineError:
                 self.cache.discard(staged)
                 raise
@@ -148,9 +160,10 @@ def _reuses(node: Node, plan: Plan) -> bool:
     return node.cache and node.name not in plan.force
 
 
-def _context(node: Node, inputs: dict[str, Entry], out: Path, display: Display) -> StageContext:
+def _context(node: Node, inputs: dict[str, Entry], out: Path, display: Display,
+             lost: dict[str, str]) -> StageContext:
     config = OmegaConf.create(node.config)
     OmegaConf.set_readonly(config, True)
     return StageContext(config=config, inputs={s: e.out for s, e in inputs.items()}, out=out,
                         target=node.target, report=lambda msg: display.status(node, msg),
-                        kind=node.spec.kind)
+                        kind=node.spec.kind, lost=lost)

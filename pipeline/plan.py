@@ -46,6 +46,7 @@ class Node:
     sources: dict[str, str]  # recipe key -> file or directory whose content enters the key
     cache: bool = True  # stages.<name>.cache: false -> always rebuilt
     publish: dict[str, Any] | None = None  # params only the publisher reads (signing)
+    variant: bool = False  # one of the variants a node fans out into: its failure is contained
 
     @property
     def exclusive(self) -> bool:
@@ -130,7 +131,7 @@ def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None,
                 sources, stage.cache, publish or None)
     found = spec.variants(config) if spec.variants is not None else {}
     variants = [dataclasses.replace(node, name=node_name(f"{stage.name}.{name}", target),
-                                    stage=f"{stage.name}.{name}",
+                                    stage=f"{stage.name}.{name}", variant=True,
                                     config=_config(spec, view, variant))
                 for name, variant in found.items()]
     slots = {f"{VARIANT_SLOT}{name}": variant.name

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from pipeline.executor import NodeResult
     from pipeline.plan import Node
 
-STYLES = {"ran": "green", "cached": "cyan", "failed": "bold red", "skipped": "yellow"}
+STYLES = {"ran": "green", "cached": "cyan", "failed": "bold red", "skipped": "yellow",
+          "lost": "magenta"}
 
 
 class LiveDisplay:

@@ -39,6 +39,8 @@ class StageContext:
     target: str | None = None  # target name for per-target stages
     report: Callable[[str], None] = field(default=lambda _msg: None)  # live status line
     kind: str | None = None
+    # input slots whose variant failed to build, with why (the node chooses among the rest)
+    lost: dict[str, str] = field(default_factory=dict)
 
     @property
     def params(self) -> DictConfig:

@@ -116,7 +116,8 @@ def _recover(recipe_dir: Path) -> None:
 def _assemble(plan: Plan, results: dict[str, NodeResult], node: Node, name: str,
               key: signing.SigningKey | None) -> _Bundle:
     """What the bundle will hold, with its manifest, computed from cache metadata alone."""
-    chain = plan.chain(node.name)
+    # a lost variant (a candidate that failed to build) is no part of what the bundle holds
+    chain = [n for n in plan.chain(node.name) if results[n].status != "lost"]
     package = _entry(results, node.name)
     summary = package.meta["summary"]
     target_config = plan.resolved["targets"][node.target] if node.target else None

@@ -10,6 +10,7 @@ passes ``quantize.auto.gates`` and, where the target's own EP ran it, is at leas
 here (TensorRT, QNN...), speed on this CPU says nothing about the device, so the first
 candidate that keeps fidelity wins, and the report says so. When none qualifies, the FP32
 model ships with ``quantization.fallback_reason`` (or, with ``auto.require``, the build fails).
+A candidate whose build failed (``ctx.lost``, kept apart by the executor) loses with its error.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def choose(ctx: StageContext) -> dict[str, Any]:
     ctx.report(f"scoring {len(models) - 1} candidates on {len(feeds)} samples")
     runs = run_models(ctx, models, feeds)
     rows = [_row(name, models[name], runs, labels, params) for name in models if name != FP32]
+    rows += [_lost(slot.removeprefix(VARIANT), why) for slot, why in ctx.lost.items()]
     winner = _winner(rows, runs.on_target_ep)
     fallback = None if winner else _fallback_reason(rows, params, runs)
     if fallback and params.require:
@@ -89,6 +91,14 @@ def _row(name: str, directory: Path, runs: Any, labels: Any, params: Any) -> dic
             "failed": failed}
 
 
+def _lost(name: str, why: str) -> dict[str, Any]:
+    """A candidate that did not build: it loses, and the report says why."""
+    return {"name": name, "settings": {}, "p50_ms": None, "speedup": None, "size_bytes": None,
+            "min_sample_cosine": None, "mean_cosine": None, "top1_agreement": None,
+            "accuracy_drop": None, "qualifies": False,
+            "failed": [f"did not build: {' '.join(why.split())[:300]}"]}
+
+
 def _fails(gate: str, fidelity: dict[str, Any], gates: Any) -> bool:
     threshold, (metric, is_max) = gates.get(gate), GATES[gate]
     if threshold is None or fidelity.get(metric) is None:
@@ -107,7 +117,7 @@ def _winner(rows: list[dict[str, Any]], timed: bool) -> dict[str, Any] | None:
     qualifying = [row for row in rows if row["qualifies"]]
     if not qualifying or not timed:
         return qualifying[0] if qualifying else None
-    fastest = min(row["p50_ms"] for row in qualifying)
+    fastest = min(row["p50_ms"] for row in qualifying)  # lost candidates never qualify
     ties = [row for row in qualifying if row["p50_ms"] <= fastest * (1 + TIE)]
     return min(ties, key=lambda row: (row["size_bytes"], rows.index(row)))
 

@@ -19,6 +19,9 @@ def markdown(summary: dict[str, Any]) -> str:
         verdict = ("**chosen**" if row["name"] == choice["chosen"] else
                    "qualified, not chosen" if row["qualifies"] else
                    "lost: " + "; ".join(row["failed"]))
+        if row["p50_ms"] is None:  # did not build
+            lines.append(f"| {row['name']} | | | | | | | | {verdict} |")
+            continue
         lines.append(f"| {row['name']} | {row['min_sample_cosine']:.4f} "
                      f"| {row['mean_cosine']:.4f} | {row['top1_agreement']:.4f} "
                      f"| {_fmt(row['accuracy_drop'])} | {row['p50_ms']:.4g} "

@@ -162,3 +162,21 @@ def test_unknown_candidate_fails_at_plan_time(tmp_path: Path) -> None:
     assert "quantize.auto.candidates: unknown candidate 'statik'" in result.stderr
     assert "Did you mean 'static'" in result.stderr or "static" in result.stderr
     assert "torch" not in result.imported
+
+
+def test_a_candidate_that_fails_to_build_loses_and_the_run_goes_on(tmp_path: Path) -> None:
+    team_dir(tmp_path)
+    # 16-bit activations: static QDQ builds them (A16W8), dynamic quantization cannot
+    code, stderr, record = _run(tmp_path, *ANY_SPEED, "quantize.activation_type=uint16",
+                                "quantize.auto.candidates=[static,dynamic]")
+    assert code == 0, stderr
+    ran = statuses(record)
+    assert ran["quantize.dynamic@cpu"] == "lost"
+    assert ran["quantize@cpu"] == "ran"
+    assert record["ok"] is True
+    summary = _quantization(tmp_path)
+    assert summary["quantization"]["chosen"] == "static"
+    rows = {row["name"]: row for row in summary["candidates"]}
+    assert rows["dynamic"]["qualifies"] is False
+    assert "did not build" in rows["dynamic"]["failed"][0]
+    assert "mode=dynamic quantizes to 8 bits only" in rows["dynamic"]["failed"][0]
