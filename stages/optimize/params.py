@@ -10,6 +10,9 @@ class OptimizeLevel(Enum):
     none = "none"
     basic = "basic"
     extended = "extended"
+    # attention, skip-layer-norm and GELU fusions into com.microsoft contrib ops (onnxscript's
+    # ORT fusions, which match the dynamo exporter's graphs), then the basic level
+    transformer = "transformer"
 
 
 @dataclass
