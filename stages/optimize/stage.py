@@ -27,7 +27,7 @@ LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 EXTERNAL_MIN_BYTES = 1024
 
 
-@stage("optimize", params=OptimizeParams, section=True, inputs=("model",), version=3,
+@stage("optimize", params=OptimizeParams, section=True, inputs=("model",), version=2,
        tools=("onnx", "onnxruntime", "onnxscript", "onnx-ir"))
 def optimize(ctx: StageContext) -> dict[str, Any]:
     """Infer shapes and apply ORT graph optimizations at ``optimize.level``.
