@@ -20,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import GateError
-from stages.common import onnx_files
+from stages.common import gates, onnx_files
 from stages.common.onnx_files import model_size
 from stages.quantize.measure import FP32, run_models
 
@@ -32,10 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 VARIANT = "variant."
 TIE = 0.05
-# gate -> (metric, True when the measured value must stay at or below the threshold)
-GATES = {"min_cosine": ("mean_cosine", False), "min_sample_cosine": ("min_sample_cosine", False),
-         "min_top1_agreement": ("top1_agreement", False),
-         "max_accuracy_drop": ("accuracy_drop", True), "max_abs_diff": ("max_abs_diff", True)}
+
 
 
 def choose(ctx: StageContext) -> dict[str, Any]:
@@ -73,7 +70,7 @@ def _row(name: str, directory: Path, runs: Any, labels: Any, params: Any) -> dic
     candidate, reference = runs.outputs[name], runs.outputs[FP32]
     fidelity = metrics.agreement(candidate, reference) | metrics.accuracy(candidate, reference,
                                                                          labels)
-    failed = [_gate_line(gate, fidelity, params.gates) for gate in GATES
+    failed = [_gate_line(gate, fidelity, params.gates) for gate in params.gates
               if _fails(gate, fidelity, params.gates)]
     speedup = runs.p50_ms[FP32] / max(runs.p50_ms[name], 1e-9)
     saving = runs.p50_ms[FP32] - runs.p50_ms[name]
@@ -99,18 +96,17 @@ def _lost(name: str, why: str) -> dict[str, Any]:
             "failed": [f"did not build: {' '.join(why.split())[:300]}"]}
 
 
-def _fails(gate: str, fidelity: dict[str, Any], gates: Any) -> bool:
-    threshold, (metric, is_max) = gates.get(gate), GATES[gate]
+def _fails(gate: str, fidelity: dict[str, Any], thresholds: Any) -> bool:
+    threshold, (metric, is_max) = thresholds.get(gate), gates.GATES[gate]
     if threshold is None or fidelity.get(metric) is None:
         return False
-    # written as "passes when" so that a NaN measurement fails
-    return not (fidelity[metric] <= threshold if is_max else fidelity[metric] >= threshold)
+    return not gates.passes(fidelity[metric], threshold, is_max)
 
 
-def _gate_line(gate: str, fidelity: dict[str, Any], gates: Any) -> str:
-    metric, is_max = GATES[gate]
+def _gate_line(gate: str, fidelity: dict[str, Any], thresholds: Any) -> str:
+    metric, is_max = gates.GATES[gate]
     return (f"{metric} {fidelity[metric]:.4g} {'>' if is_max else '<'} quantize.auto.gates."
-            f"{gate} {gates[gate]:g}")
+            f"{gate} {thresholds[gate]:g}")
 
 
 def _winner(rows: list[dict[str, Any]], timed: bool) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from pipeline.errors import GateError, RecipeError
 from pipeline.registry import StageContext, stage
 from pipeline.schema import DATASET_SOURCES
 from stages.common.datasets.early import check_dataset
+from stages.common.gates import GATES, passes
 from stages.common.onnx_files import model_file, model_size, model_stats
 from stages.validate.params import ValidateParams
 
@@ -34,16 +35,6 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 DEFAULT_MIN_SPEEDUP = 1.0
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits")
-# gate name -> (metric it checks, True when the measured value must stay at or below it)
-GATES = {
-    "max_accuracy_drop": ("accuracy_drop", True),
-    "min_top1_agreement": ("top1_agreement", False),
-    "min_cosine": ("mean_cosine", False),
-    "min_sample_cosine": ("min_sample_cosine", False),
-    "min_speedup": ("speedup", False),
-    "max_abs_diff": ("max_abs_diff", True),
-    "max_cpu_fallback_nodes": ("cpu_fallback_nodes", True),
-}
 
 
 @stage("validate", params=ValidateParams, section=True, inputs=("candidate", "reference"),
@@ -297,8 +288,7 @@ def _check_gates(gates: Any, report: dict[str, Any], target: str | None) -> list
             results.append({"gate": gate, "threshold": threshold, "measured": None,
                             "passed": None, "skipped": report["not_validated_reason"]})
             continue
-        # written as "passes when" so that a NaN measurement fails the gate
-        passed = bool(measured <= threshold) if is_max else bool(measured >= threshold)
+        passed = passes(measured, threshold, is_max)
         results.append({"gate": gate, "threshold": threshold, "measured": measured,
                         "passed": passed})
     failed = [r for r in results if r["passed"] is False]
