@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from pipeline.nightly.tolerances import Tolerances
 
@@ -93,38 +93,36 @@ def mad(values: Sequence[float]) -> float:
     return statistics.median(abs(v - middle) for v in values)
 
 
-def _pair(metric: str, current: dict[str, Any], baseline: dict[str, Any]) -> tuple[Any, Any]:
-    return baseline.get(metric), current.get(metric)
+def _rule(metric: str, current: dict[str, Any], baseline: dict[str, Any], allowed: str,
+          regressed: Callable[[Any, Any], bool]) -> list[Finding]:
+    """The finding for ``metric`` when both nights have it: ``regressed(baseline, tonight)``."""
+    base, now = baseline.get(metric), current.get(metric)
+    if base is None or now is None:
+        return []
+    return [Finding(metric, base, now, regressed(base, now), allowed)]
 
 
 def _drop(metric: str, current: dict[str, Any], baseline: dict[str, Any],
           allowed: float) -> list[Finding]:
-    base, now = _pair(metric, current, baseline)
-    if base is None or now is None:
-        return []
-    return [Finding(metric, base, now, base - now > allowed, f"a drop of {allowed:g}")]
+    return _rule(metric, current, baseline, f"a drop of {allowed:g}",
+                 lambda base, now: base - now > allowed)
 
 
 def _rise(metric: str, current: dict[str, Any], baseline: dict[str, Any],
           allowed: float) -> list[Finding]:
-    base, now = _pair(metric, current, baseline)
-    if base is None or now is None:
-        return []
-    return [Finding(metric, base, now, now - base > allowed, f"a rise of {allowed:g}")]
+    return _rule(metric, current, baseline, f"a rise of {allowed:g}",
+                 lambda base, now: now - base > allowed)
 
 
 def _growth(metric: str, current: dict[str, Any], baseline: dict[str, Any],
             allowed: float) -> list[Finding]:
-    base, now = _pair(metric, current, baseline)
-    if base is None or now is None:
-        return []
-    return [Finding(metric, base, now, now > base * (1 + allowed) + EXACT,
-                    f"{allowed:+.0%} growth")]
+    return _rule(metric, current, baseline, f"{allowed:+.0%} growth",
+                 lambda base, now: now > base * (1 + allowed) + EXACT)
 
 
 def _target_ep(current: dict[str, Any], baseline: dict[str, Any],
                required: bool) -> list[Finding]:
-    base, now = _pair("validated_on_target_ep", current, baseline)
+    base, now = baseline.get("validated_on_target_ep"), current.get("validated_on_target_ep")
     if base is None or now is None:
         return []
     lost = required and base is True and now is False
