@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.registry import stage
-from stages.common import onnx_files
+from stages.common import fused_graphs, onnx_files
+from stages.optimize.fusions import fuse
 from stages.optimize.params import OptimizeParams
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
     if cfg.level == "transformer":
         log.warning("optimize.level=transformer fuses attention into com.microsoft contrib ops "
                     "(Attention, SkipLayerNormalization, BiasGelu) that the CPU and CUDA EPs "
-                    "run; NNAPI, CoreML, QNN and OpenVINO do not take them")
+                    "run; targets whose first EP lacks one get the unfused graph")
     before = onnx_files.model_stats(source)
     with tempfile.TemporaryDirectory(prefix="edgekiln-optimize-") as tmp:
         # shape inference rewrites its file in place, so it works on a copy
@@ -58,13 +59,17 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
         fusions = None
         if cfg.level == "transformer":
             ctx.report("transformer fusions (onnxscript ort_fusions)")
-            current, fusions = _fuse_transformer(current, Path(tmp) / "fused")
+            unfused = current
+            current, fusions = fuse(current, Path(tmp) / "fused", cfg.fusions)
+            if cfg.portable and fusions["applied"]:
+                ctx.report("unfused graph for targets without the fused ops")
+                _save(_ort_optimize(unfused, Path(tmp) / "portable", "basic"),
+                      fused_graphs.portable_dir(ctx.out))
         if cfg.level != "none":
             level = "basic" if cfg.level == "transformer" else cfg.level
             ctx.report(f"ORT graph optimization ({level})")
             current = _ort_optimize(current, Path(tmp) / "optimized", level)
-        model = onnx_files.load_model(current)
-    onnx_files.save_model(model, ctx.out)
+        _save(current, ctx.out)
     after = onnx_files.model_stats(ctx.out)
     summary = {
         "level": cfg.level,
@@ -76,9 +81,16 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
         "ops_after": after["ops"],
     }
     if fusions is not None:
-        summary["fusions"] = fusions
+        summary["fusions"] = fusions | {
+            "fused_ops": fused_graphs.fused_ops(ctx.out),
+            "portable": fused_graphs.portable_dir(ctx.out).is_dir()}
     (ctx.out / "optimize.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def _save(path: Path, directory: Path) -> None:
+    """Re-save through onnx so the external data file is written the way every stage expects."""
+    onnx_files.save_model(onnx_files.load_model(path), directory)
 
 
 def _infer_shapes(path: Path) -> None:
@@ -87,23 +99,6 @@ def _infer_shapes(path: Path) -> None:
 
     # data_prop lets Shape -> Gather -> Reshape chains resolve to static shapes
     onnx.shape_inference.infer_shapes_path(str(path), str(path), data_prop=True)
-
-
-def _fuse_transformer(path: Path, directory: Path) -> tuple[Path, dict[str, Any]]:
-    """onnxscript's ORT fusions; ORT's own transformers optimizer expects the TorchScript
-    exporter's graph shapes and fused only 6 BiasGelu on a dynamo-exported MiniLM, where this
-    fused 6 Attention, 12 SkipLayerNormalization and 6 BiasGelu (max output diff 7e-7)."""
-    import onnx_ir as ir
-    import onnxscript
-    from onnxscript.rewriter.ort_fusions import optimize_for_ort
-
-    model, counts = optimize_for_ort(ir.load(path))
-    directory.mkdir(parents=True)
-    target = onnx_files.model_file(directory)
-    ir.save(model, target, external_data=onnx_files.WEIGHTS_FILE)
-    applied = {name: count for name, count in sorted(counts.items()) if count}
-    return target, {"tool": f"onnxscript {onnxscript.__version__} "
-                            "rewriter.ort_fusions.optimize_for_ort", "applied": applied}
 
 
 def _ort_optimize(path: Path, directory: Path, level: str) -> Path:

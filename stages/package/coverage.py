@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import GateError, RecipeError
-from stages.package.op_tables import DEFAULT_DOMAIN, OpTable, tables
+from stages.common.op_tables import DEFAULT_DOMAIN, OpTable, tables
 
 if TYPE_CHECKING:
     import onnx

@@ -26,10 +26,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pipeline.registry import StageContext, stage
+from stages.common import fused_graphs
 from stages.common.onnx_files import MODEL_FILE, copy_model
+from stages.common.op_tables import stage_version
 from stages.package import coverage, device_files
 from stages.package import fit as compat
-from stages.package.op_tables import stage_version
 from stages.package.params import PackageParams
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "pipeline" / "bundle" / "device_loader.py"
@@ -46,6 +47,7 @@ def package(ctx: StageContext) -> dict[str, Any]:
     """Fit the model to the target, report its coverage, write the bundle's files."""
     import onnx
 
+    ctx, graph_choice = fused_graphs.resolve(ctx, "model")
     target = ctx.config.target
     model_path = copy_model(ctx.inputs["model"], ctx.out)
     prepared = _fit(model_path, target, ctx.target)
@@ -79,6 +81,7 @@ def package(ctx: StageContext) -> dict[str, Any]:
                                                   "cpu_fallback_nodes", "partitions")},
         **prepared,
         **({"ort_format": ort_info} if ort_info else {}),
+        **graph_choice,
     }
 
 

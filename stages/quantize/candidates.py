@@ -50,8 +50,10 @@ def variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def reads_with(params: dict[str, Any]) -> tuple[str, ...]:
-    """Only auto reads the target: the other modes' nodes share keys across equal targets."""
-    return ("target",) if params["mode"] == "auto" else ()
+    """auto reads the whole target; the other modes only its EPs, which decide whether a fused
+    transformer graph or its unfused twin is quantized (stages/common/fused_graphs.py), so
+    their nodes share keys across targets with the same EPs."""
+    return ("target",) if params["mode"] == "auto" else ("target.execution_providers",)
 
 
 def suited(config: dict[str, Any]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import RecipeError
 from pipeline.registry import stage
 from pipeline.schema import DATASET_SOURCES
-from stages.common import onnx_files
+from stages.common import fused_graphs, onnx_files
 from stages.common.onnx_files import model_stats
 from stages.quantize import candidates
 from stages.quantize.params import QuantizeParams
@@ -74,6 +74,11 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
         The settings used, sizes and node counts before/after, quantization op counts, the
         calibration sample count and, with a budget, scores, float nodes and CPU latencies.
     """
+    ctx, graph = fused_graphs.resolve(ctx, "model")
+    return _quantize(ctx) | graph
+
+
+def _quantize(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config.quantize
     if cfg.mode == "auto":
         from stages.quantize.auto import choose

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from pipeline.errors import GateError, RecipeError
 from pipeline.registry import StageContext, stage
 from pipeline.schema import DATASET_SOURCES
+from stages.common import fused_graphs
 from stages.common.datasets.early import check_dataset
 from stages.common.gates import GATES, passes
 from stages.common.onnx_files import model_file, model_size, model_stats
@@ -48,6 +49,7 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     from stages.common.datasets.splits import load_dataset
     from stages.common.runtime_env import TargetRuntime
 
+    ctx, graph = fused_graphs.resolve(ctx, "candidate", "reference")
     cfg = ctx.config.validate
     split = load_dataset(ctx.config.dataset, ctx.config.model.inputs).evaluation
     if split.labels is None and cfg.gates.max_accuracy_drop is not None:
@@ -78,6 +80,7 @@ def validate(ctx: StageContext) -> dict[str, Any]:
                          "validation": round(time.perf_counter() - start, 3)}
     report["gates"] = _check_gates(_gates(cfg.gates, report, ctx.inputs["candidate"]), report,
                                    ctx.target)
+    report |= graph
     (ctx.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -20,9 +20,9 @@ from pipeline import plan
 from pipeline.errors import GateError, RecipeError
 from pipeline.schema import TargetConfig
 from stages.common.onnx_files import save_model
+from stages.common.op_tables import tables
 from stages.package import coverage
 from stages.package import fit as compat
-from stages.package.op_tables import tables
 from stages.package.stage import package
 
 if TYPE_CHECKING:
