@@ -11,6 +11,7 @@ portable graph, instead of leaving attention to the CPU EP in one fallback parti
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from pipeline.registry import StageContext
 
+log = logging.getLogger(__name__)
 PORTABLE = "portable"
 CONTRIB_DOMAIN = "com.microsoft"
 
@@ -62,7 +64,7 @@ def for_target(model_dir: Path, target: Any) -> GraphChoice:
     if not missing:
         return GraphChoice(model_dir, fused=True,
                            reason=f"{provider}'s op table lists {', '.join(ops)}")
-    where = f"{provider}'s op table" if table else f"any op table kept for {provider}"
+    where = f"{provider}'s op table" if table else f"an op table of {provider}"
     return GraphChoice(portable, fused=False,
                        reason=f"{', '.join(f'{CONTRIB_DOMAIN}:{op}' for op in missing)} not in "
                               f"{where}: built from the unfused graph")
@@ -77,6 +79,9 @@ def resolve(ctx: StageContext, *slots: str) -> tuple[StageContext, dict[str, Any
     if not twinned:
         return ctx, {}
     chosen = {slot: for_target(ctx.inputs[slot], ctx.config.target) for slot in twinned}
+    for choice in chosen.values():
+        if not choice.fused:
+            log.info("target '%s': %s", ctx.target, choice.reason)
     inputs = ctx.inputs | {slot: choice.model for slot, choice in chosen.items()}
     return (dataclasses.replace(ctx, inputs=inputs),
             {"graph": {slot: choice.describe() for slot, choice in chosen.items()}})
