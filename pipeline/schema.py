@@ -50,6 +50,8 @@ class ModelConfig:
     # "package.module:callable" returning an nn.Module, a Keras model or a tf.function
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    # top-level packages outside the working tree (cwd, PYTHONPATH) the factory may come from
+    trusted_packages: list[str] = field(default_factory=list)
     # torch weights: .pt/.pth state dict (loaded with weights_only=True) or .safetensors
     checkpoint: str | None = None
     # a .keras file, a SavedModel directory or an .onnx file
@@ -110,6 +112,7 @@ class DatasetConfig:
     # reads from elsewhere must change factory_kwargs too.
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    trusted_packages: list[str] = field(default_factory=list)  # as model.trusted_packages
     # digits and images are shaped in this order: resize the shorter side to `resize` (null =
     # image_size), center-crop to image_size x image_size, multiply by `scale` (image files
     # hold 0..255, digits 0..1), subtract `mean` and divide by `std` (one value for every

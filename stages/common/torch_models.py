@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 def model_factory(model: Any) -> Callable[[], Any]:
     """Resolve ``model.factory`` by its explicit dotted path; bind ``model.factory_kwargs``."""
-    target = import_callable(model.factory, "model.factory")
+    target = import_callable(model.factory, "model.factory",
+                             model.get("trusted_packages") or ())
     kwargs = OmegaConf.to_container(model.factory_kwargs, resolve=True)
     return lambda: target(**kwargs)
 

@@ -141,7 +141,7 @@ def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray
     if own and cfg.kind not in FILE_KINDS:
         raise RecipeError(f"dataset.{next(iter(own))}_path: only file sources "
                           f"({', '.join(FILE_KINDS)}) take split paths, not kind={cfg.kind}.")
-    if cfg.kind == "callable" and cfg.factory and dataset_sources.takes_split(cfg.factory):
+    if cfg.kind == "callable" and cfg.factory and dataset_sources.takes_split(cfg):
         return _deal_factory(cfg, specs)
     shared = [name for name in SPLITS if name not in own]
     pools = _open_pools(cfg, specs, own, shared)
