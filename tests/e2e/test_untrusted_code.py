@@ -22,7 +22,7 @@ CHECKPOINT = f"model.checkpoint={ROOT / 'recipes/zoo/digits_cnn.pt'}"
 ])
 def test_a_factory_naming_a_command_runner_is_refused_before_it_runs(
         tmp_path: Path, key: str, factory: str, extra: tuple[str, ...]) -> None:
-    section = key.split(".")[0]
+    section = key.split(".", maxsplit=1)[0]
     result = run_cli("recipe=digits_torch", f"{key}={factory}", *extra, CHECKPOINT,
                      f"+{section}.factory_kwargs.command=touch X", "run.progress=false",
                      f"run.artifacts_dir={tmp_path / 'artifacts'}", cwd=tmp_path)
