@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 # edgekiln's own example factories (recipes.zoo....) sit beside its recipes
 BUNDLED_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-# run code or commands, whatever module re-exports them: refused even from the working tree
+# run code or commands, or delete and move files, whatever module re-exports them:
+# refused even from the working tree
 _CODE_RUNNERS = {
     "os": ("system", "popen", "execl", "execle", "execlp", "execlpe", "execv", "execve",
            "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve",
@@ -85,8 +86,8 @@ def check_callable(target: Any, dotted: str, key: str) -> None:
                          "function or class defined in the factory's own module.")
     if any(target is runner for runner in _code_runners()) or (
             isinstance(target, type) and issubclass(target, _popen())):
-        raise InputError(f"{key} '{dotted}' is {_qualified(target)}, which runs commands or "
-                         "code; a factory may not be one.")
+        raise InputError(f"{key} '{dotted}' is {_qualified(target)}, which runs commands, "
+                         "code or file operations; a factory may not be one.")
 
 
 def split(dotted: str, key: str) -> tuple[str, str]:
