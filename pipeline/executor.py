@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import OmegaConf
 
-from pipeline.errors import GateError, PipelineError, StageError
+from pipeline.errors import GateError, InputError, PipelineError, StageError
 from pipeline.keys import cache_key, key_payload
 from pipeline.registry import StageContext
 
@@ -125,7 +125,9 @@ class _Runner:
             if entry is None:
                 entry, status = self._build(node, key, payload, inputs, lost)  # type: ignore[arg-type]
         except PipelineError as exc:
-            if node.variant:  # one candidate less: the node that reads it chooses among the rest
+            # one candidate less: the node that reads it chooses among the rest; but bad input
+            # (NaN in the calibration data) fails every candidate alike and the run with them
+            if node.variant and not isinstance(exc, InputError):
                 log.warning("stage '%s' failed, its variant is left out: %s", node.name, exc)
                 return NodeResult(node, "lost", time.perf_counter() - start, lost=str(exc))
             error = type(exc)(f"stage '{node.name}': {exc}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from pipeline.bounds import check_bounds
 from pipeline.errors import RecipeError, did_you_mean
 from pipeline.targets import LEGACY_STAGE_OVERRIDES
 
@@ -32,6 +33,8 @@ def stage_params(resolved: dict[str, Any], stage: Stage, target: str | None) -> 
             raise RecipeError(f"stages.{stage.name}.params: kind '{spec.kind}' takes no params.")
         return {}
     layers = _layers(resolved, stage, target)
+    for where, layer in layers:  # each layer on its own: the error names the key it set
+        check_bounds(spec.params, layer, where)
     if len(layers) == 1 and layers[0][0] == stage.name:
         # only the top-level section, which composition already checked against this very
         # dataclass and filled with its defaults: a second merge would only cost time

@@ -21,10 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import graph
+from pipeline.bounds import check_bounds
 from pipeline.errors import RecipeError, did_you_mean
 from pipeline.params import stage_params
 from pipeline.registry import REGISTRY, load_kinds
-from pipeline.schema import CORE_SECTIONS, DATASET_SOURCES
+from pipeline.schema import CORE_SECTIONS, DATASET_SOURCES, DatasetConfig, ModelConfig, RunConfig
 from pipeline.targets import KNOWN_PROVIDERS
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ def build(cfg: DictConfig) -> Plan:
     load_kinds()
     resolved = _resolve(cfg)
     _check_sections(resolved)
+    for section, schema in (("model", ModelConfig), ("dataset", DatasetConfig), ("run", RunConfig)):
+        check_bounds(schema, resolved[section], section)
     _check_files(resolved)
     stages = graph.declared(resolved["stages"])
     per_target = any(stage.spec.per_target for stage in stages.values())

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from pipeline.bounds import at_least
+
 # the target section lives in its own module; OmegaConf needs the class at run time
 from pipeline.targets import TargetConfig
 
@@ -50,6 +52,8 @@ class ModelConfig:
     # "package.module:callable" returning an nn.Module, a Keras model or a tf.function
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    # top-level packages outside the working tree (cwd, PYTHONPATH) the factory may come from
+    trusted_packages: list[str] = field(default_factory=list)
     # torch weights: .pt/.pth state dict (loaded with weights_only=True) or .safetensors
     checkpoint: str | None = None
     # a .keras file, a SavedModel directory or an .onnx file
@@ -57,7 +61,7 @@ class ModelConfig:
     inputs: list[InputSpec] = MISSING
     outputs: list[str] = field(default_factory=list)
     # how many sample values a dynamic dimension gets when edgekiln makes inputs
-    dynamic_size: int = 2
+    dynamic_size: int = at_least(1, 2)
 
 
 class DatasetKind(Enum):
@@ -110,14 +114,15 @@ class DatasetConfig:
     # reads from elsewhere must change factory_kwargs too.
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    trusted_packages: list[str] = field(default_factory=list)  # as model.trusted_packages
     # digits and images are shaped in this order: resize the shorter side to `resize` (null =
     # image_size), center-crop to image_size x image_size, multiply by `scale` (image files
     # hold 0..255, digits 0..1), subtract `mean` and divide by `std` (one value for every
     # channel or one per channel), lay out as `layout`, cast to `dtype`
-    image_size: int = 8
-    resize: int | None = None
+    image_size: int = at_least(1, 8)
+    resize: int | None = at_least(1, None)
     # digits: the gray image repeated over channels; images: 1 = grayscale, 3 = RGB
-    channels: int = 1
+    channels: int = at_least(1, 1)
     scale: float = 1.0
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
@@ -126,14 +131,15 @@ class DatasetConfig:
     # false when the dataset's labels are not the model's classes (agreement is still measured)
     use_labels: bool = True
     seed: int = 0
-    calibration_size: int = 256
-    evaluation_size: int = 512
-    training_size: int | None = None  # null: every sample the other splits leave
+    calibration_size: int = at_least(1, 256)
+    evaluation_size: int = at_least(1, 512)
+    # null: every sample the other splits leave
+    training_size: int | None = at_least(0, None, "0 = no training samples")
 
 
 @dataclass
 class RunConfig:
-    jobs: int = 2
+    jobs: int = at_least(1, 2)
     # stage kinds (or kind@target) to rebuild even when cached; "all" forces everything
     force: list[str] = field(default_factory=list)
     dry_run: bool = False

@@ -54,5 +54,10 @@ class Tee:
         self.text.append(data)
         return self.stream.write(data)
 
+    def close(self) -> None:
+        # absl's log handler, made while the Tee is sys.stderr, closes its stream at
+        # logging.shutdown(): that must not close the real stderr under whoever runs the CLI
+        self.stream.flush()
+
     def __getattr__(self, name: str):
         return getattr(self.stream, name)

@@ -30,6 +30,12 @@ def first_outputs(arrays: dict[str, np.ndarray], role: str) -> Outputs:
     return [arrays[f"{prefix}{i}"] for i in range(count)]
 
 
+def nonfinite(outputs: Outputs) -> list[int]:
+    """Indices of the samples whose output holds a NaN or an infinite value."""
+    return [i for i, sample in enumerate(outputs)
+            if np.issubdtype(sample.dtype, np.inexact) and not np.isfinite(sample).all()]
+
+
 def agreement(candidate: Outputs, reference: Outputs) -> dict[str, float]:
     """Top-1 agreement, mean and lowest per-sample cosine, max abs diff (axis 0 = sample)."""
     if isinstance(candidate, list) or isinstance(reference, list):

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 def model_factory(model: Any) -> Callable[[], Any]:
     """Resolve ``model.factory`` by its explicit dotted path; bind ``model.factory_kwargs``."""
-    target = import_callable(model.factory, "model.factory")
+    target = import_callable(model.factory, "model.factory",
+                             model.get("trusted_packages") or ())
     kwargs = OmegaConf.to_container(model.factory_kwargs, resolve=True)
     return lambda: target(**kwargs)
 
@@ -64,13 +65,14 @@ def _load_weights_only(path: Path) -> Mapping[str, Any]:
         # weights_only refuses pickled code: a checkpoint must never run anything on load
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        cause = _cause(exc)
+        refused = refused_global(str(exc))
+        why = (f"it pickles the Python global '{refused}', which torch.load(weights_only=True) "
+               "refuses: unpickling it could run code on this machine" if refused else
+               f"torch.load(weights_only=True) fails: {_first_line(exc)}")
         raise InputError(
-            f"model.checkpoint: {path} cannot be loaded with torch.load(weights_only=True), and "
-            "edgekiln never unpickles arbitrary objects. Save the weights with "
-            "torch.save(model.state_dict(), path) or as .safetensors instead. "
-            f"torch said: {cause}"
-        ) from exc
+            f"model.checkpoint: {path} cannot be loaded: {why}. edgekiln never unpickles "
+            "arbitrary objects; save the weights with torch.save(model.state_dict(), path) or "
+            "as .safetensors instead.") from exc
     if not isinstance(state, Mapping) or not all(
             isinstance(value, torch.Tensor) for value in state.values()):
         raise InputError(f"model.checkpoint: {path} holds a {type(state).__name__}, not a state "
@@ -78,11 +80,16 @@ def _load_weights_only(path: Path) -> Mapping[str, Any]:
     return state
 
 
-def _cause(exc: Exception) -> str:
-    """What torch's long weights_only message says was refused (it also suggests bypasses)."""
-    refused = re.search(r"Unsupported .*?(?=\.\s|$)", str(exc), re.MULTILINE)
+def refused_global(message: str) -> str | None:
+    """The global torch's weights_only unpickler refused, from its message (which also
+    suggests ways around the refusal that edgekiln does not offer)."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    return found.group(1).rstrip(".") if found else None
+
+
+def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return refused.group(0) if refused else (lines or [type(exc).__name__])[0]
+    return (lines or [type(exc).__name__])[0]
 
 
 def dynamic_shapes(inputs: Any) -> tuple[dict[int, Any] | None, ...] | None:

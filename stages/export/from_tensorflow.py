@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError, RecipeError, StageError
 from stages.export.checks import declared
+from stages.export.savedmodel_scan import check_saved_model
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,9 +59,9 @@ def _load(make: Callable[[], Any] | None, model: Any) -> Callable[..., Any]:
                           "SavedModel directory) or model.factory.")
     path = Path(model.path)
     if path.is_file() and path.suffix == ".keras":
-        # safe_mode (the default) refuses to deserialize lambdas, i.e. code inside the file
-        return _keras_call(keras.models.load_model(path, compile=False), model.inputs)
+        return _keras_call(_load_keras(path), model.inputs)
     if path.is_dir():
+        check_saved_model(path)  # before TensorFlow builds any of its functions
         loaded = tf.saved_model.load(str(path))
         if "serving_default" in loaded.signatures:
             return _signature_call(loaded, [spec.name for spec in model.inputs])
@@ -69,6 +70,26 @@ def _load(make: Callable[[], Any] | None, model: Any) -> Callable[..., Any]:
         raise InputError(f"model.path: SavedModel {path} has neither a serving_default "
                          "signature nor a __call__ function.")
     raise InputError(f"model.path: {path} is neither a .keras file nor a SavedModel directory.")
+
+
+def _load_keras(path: Path) -> Any:
+    """The Keras model of a .keras file, in safe mode: code inside the file (a Lambda layer's
+    function) is refused, whatever keras.config.enable_unsafe_deserialization() says."""
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, TypeError) as exc:
+        sentences = str(exc).replace("\n", " ").split(". ")
+        # Keras goes on to explain how to switch safe mode off, which edgekiln never does
+        cause = ". ".join(x for x in sentences if "safe_mode" not in x and "trust" not in x)
+        unsafe = "arbitrary code" in str(exc) or "safe_mode" in str(exc)
+        raise InputError(
+            f"model.path: {path} was refused by Keras safe mode: {cause.rstrip('.')}. edgekiln "
+            "loads .keras files only in safe mode; rebuild the model without Python code in "
+            "its layers (a Lambda layer's function) or give it as model.factory."
+            if unsafe else f"model.path: {path} cannot be loaded as a .keras file: "
+            f"{cause.rstrip('.')}.") from exc
 
 
 def _keras_call(model: Any, inputs: Any) -> Callable[..., Any]:

@@ -18,6 +18,7 @@ from pipeline.registry import StageContext, stage
 from stages.common.onnx_files import load_model, save_model
 from stages.common.sample_inputs import make_samples
 from stages.common.torch_models import model_factory
+from stages.common.trust import check_factory
 from stages.export.checks import (
     check_signature,
     describe,
@@ -49,6 +50,8 @@ def check_recipe(config: dict[str, Any]) -> None:
         raise RecipeError(f"model.{needs}: required when model.framework={framework}.")
     if framework == "tensorflow" and not (model["path"] or model["factory"]):
         raise RecipeError("model.path or model.factory: one is required for tensorflow.")
+    if model["factory"]:  # refused before anything imports it
+        check_factory(model["factory"], "model.factory", model.get("trusted_packages") or ())
     require_framework(framework)
 
 

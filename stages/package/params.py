@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.bounds import at_least
+
 
 @dataclass
 class SigningParams:
@@ -20,4 +22,4 @@ class SigningParams:
 class PackageParams:
     signing: SigningParams = field(default_factory=SigningParams)
     # gate: most nodes the target's accelerator EPs leave to the CPU EP (coverage.json); null = off
-    max_cpu_fallback_nodes: int | None = None
+    max_cpu_fallback_nodes: int | None = at_least(0, None)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from pipeline.bounds import at_least
+
 
 class QuantMode(Enum):
     none = "none"
@@ -39,12 +41,12 @@ class CalibrationMethod(Enum):
 @dataclass
 class CalibrationParams:
     method: CalibrationMethod = CalibrationMethod.minmax
-    samples: int = 128
+    samples: int = at_least(1, 128)
     # method=percentile: the percentile of |values| each activation range keeps (ORT's default)
     percentile: float = 99.999
     # samples per calibration run when every model input has a dynamic first (batch) axis;
     # one run per sample spent 15.8 s of a 40 s resnet18 build. 1 = one sample at a time
-    batch_size: int = 16
+    batch_size: int = at_least(1, 16)
 
 
 @dataclass
@@ -59,14 +61,14 @@ class AccuracyBudget:
     # regressors, whose top-1 class means nothing
     min_sample_cosine: float | None = None
     # evaluation samples the budget is checked on; 0 = the whole evaluation split
-    samples: int = 0
+    samples: int = at_least(0, 0, "0 = the whole evaluation split")
     # calibration samples whose activations rank the nodes by sensitivity
-    sensitivity_samples: int = 16
+    sensitivity_samples: int = at_least(1, 16)
     # fail (exit 4) rather than keep more than this many nodes in float
-    max_float_nodes: int = 8
+    max_float_nodes: int = at_least(0, 8)
     # batch-1 CPU runs timed per model for the latency figures (after warmup_runs)
-    latency_runs: int = 30
-    warmup_runs: int = 3
+    latency_runs: int = at_least(1, 30)
+    warmup_runs: int = at_least(0, 3)
 
 
 @dataclass
@@ -104,11 +106,11 @@ class AutoParams:
     # fail (exit 4) instead of shipping FP32 when no candidate qualifies
     require: bool = False
     # evaluation samples each candidate is scored on
-    samples: int = 64
+    samples: int = at_least(1, 64)
     # latency: rounds of batch-1 runs per model, interleaved across models; median of rounds
-    rounds: int = 3
-    latency_runs: int = 20
-    warmup_runs: int = 3
+    rounds: int = at_least(1, 3)
+    latency_runs: int = at_least(1, 20)
+    warmup_runs: int = at_least(0, 3)
 
 
 class QatLoss(Enum):
@@ -125,9 +127,9 @@ class QatOptimizer(Enum):
 class QatParams:
     """mode=qat (torch models): fine-tune with fake quantization on the training split."""
 
-    epochs: int = 3
+    epochs: int = at_least(1, 3)
     learning_rate: float = 3e-4
-    batch_size: int = 32
+    batch_size: int = at_least(1, 32)
     loss: QatLoss = QatLoss.cross_entropy
     optimizer: QatOptimizer = QatOptimizer.adam
     # seeds torch and the order of the training samples: the same recipe, the same model bytes

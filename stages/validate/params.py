@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.bounds import at_least
+
 
 @dataclass
 class GatesParams:
@@ -18,14 +20,14 @@ class GatesParams:
     max_abs_diff: float | None = None
     # nodes the target's first-choice EP leaves to the CPU EP (0 = none); measured only where
     # that EP runs here
-    max_cpu_fallback_nodes: int | None = None
+    max_cpu_fallback_nodes: int | None = at_least(0, None)
 
 
 @dataclass
 class ValidateParams:
-    samples: int = 256
-    latency_runs: int = 30
-    warmup_runs: int = 3
+    samples: int = at_least(1, 256)
+    latency_runs: int = at_least(1, 30)
+    warmup_runs: int = at_least(0, 3)
     gates: GatesParams = field(default_factory=GatesParams)
     # validate with session.disable_cpu_ep_fallback: a node the target's EPs cannot take fails
     forbid_cpu_fallback: bool = False
@@ -33,4 +35,4 @@ class ValidateParams:
     # of its own ($EDGEKILN_ENV_DIR, default ~/.cache/edgekiln/envs); false: host runtime only
     isolated_runtime: bool = True
     # sample inputs with the candidate's expected outputs written to samples.npz (self-test)
-    bundle_samples: int = 4
+    bundle_samples: int = at_least(1, 4)

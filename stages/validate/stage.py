@@ -67,6 +67,7 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     ctx.report(f"comparing on {len(feeds)} samples ({runtime.info['pinned']})")
     measured = _measure(ctx, runtime, report, feeds)
     cand, ref = (metrics.first_outputs(measured, role) for role in ("candidate", "reference"))
+    _check_finite(measured, cand, ref, split.ids, ctx.target)
     report |= {"evaluation_samples": len(feeds)}
     report |= metrics.agreement(cand, ref) | metrics.accuracy(cand, ref, labels)
     report["size_bytes"] = {"candidate": model_size(ctx.inputs["candidate"]),
@@ -83,6 +84,28 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     report |= graph
     (ctx.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _check_finite(measured: dict[str, np.ndarray], cand: Any, ref: Any, ids: tuple[str, ...],
+                  target: str | None) -> None:
+    """A candidate with a NaN or infinite output fails, whatever the gates: every metric of
+    it would be NaN, and NaN passes no comparison it should fail."""
+    from stages.common.metrics import nonfinite
+
+    bad = nonfinite(cand)
+    others = sorted({key.split("|")[-1] for key, value in measured.items()
+                     if key.startswith("candidate|") and not key.startswith("candidate|first")
+                     and nonfinite([value])})
+    if not bad and not others:
+        return
+    where = f"output(s) {others} of the samples kept for the bundle's self-test"
+    if bad:
+        fp32 = ("not finite there either" if nonfinite([ref[bad[0]]]) else "finite there")
+        where = (f"its first output on {len(bad)} of {len(cand)} evaluation samples (first: "
+                 f"sample {bad[0]}, {ids[bad[0]]}; the FP32 reference is {fp32})")
+    raise GateError(f"target '{target}': the candidate's outputs hold NaN or infinite values: "
+                    f"{where}. A model whose outputs overflow is never published; keep the "
+                    "offending nodes in float (quantize.nodes_to_exclude) or check the model.")
 
 
 def _target_section(target: Any, name: str | None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import InputError
 from stages.common.datasets.checks import SPLITS, Layout, layout_of, one_image_input, problem
+from stages.common.trust import check_factory
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ def check_dataset(config: dict[str, Any]) -> None:
     """
     dataset = OmegaConf.create(config["dataset"])
     specs = list(OmegaConf.create(config["model"]["inputs"]))
+    if dataset.kind == "callable" and dataset.factory:
+        check_factory(dataset.factory, "dataset.factory", dataset.get("trusted_packages") or ())
     for peek in _peeks(dataset, specs):
         found = problem(peek.layout, specs)
         if found:
@@ -87,8 +90,9 @@ def _factory_peeks(cfg: DictConfig, specs: list[Any]) -> list[Peek]:
                         sort_keys=True)
     ranks = json.dumps({spec.name: len(spec.shape) for spec in specs}, sort_keys=True)
     peeks = []
-    for split in SPLITS if sources.takes_split(cfg.factory) else (None,):
-        layout = _first_layout(cfg.factory, kwargs, split, ranks)
+    trusted = tuple(cfg.get("trusted_packages") or ())
+    for split in SPLITS if sources.takes_split(cfg) else (None,):
+        layout = _first_layout(cfg.factory, kwargs, split, ranks, trusted)
         if layout is not None:  # an empty split is the loader's to explain, if one needs it
             tag = "factory" if split is None else f"factory({split})"
             peeks.append(Peek(f"dataset.factory '{cfg.factory}'", f"sample {tag}[0]", layout))
@@ -96,10 +100,12 @@ def _factory_peeks(cfg: DictConfig, specs: list[Any]) -> list[Peek]:
 
 
 @functools.cache  # the plan checks each target's node: one factory call per split will do
-def _first_layout(factory: str, kwargs: str, split: str | None, ranks: str) -> Layout | None:
+def _first_layout(factory: str, kwargs: str, split: str | None, ranks: str,
+                  trusted: tuple[str, ...]) -> Layout | None:
     from stages.common.datasets import sources
 
-    cfg = OmegaConf.create({"factory": factory, "factory_kwargs": json.loads(kwargs)})
+    cfg = OmegaConf.create({"factory": factory, "factory_kwargs": json.loads(kwargs),
+                            "trusted_packages": list(trusted)})
     item = next(iter(sources.produce(cfg, split)), None)
     if item is None:
         return None

@@ -204,10 +204,10 @@ def callable_pool(cfg: Any, inputs: Any, limit: int | None, split: str | None = 
                 lambda indices: [feeds[i] for i in indices], uniform=False)
 
 
-def takes_split(factory: str) -> bool:
+def takes_split(cfg: Any) -> bool:
     """Whether ``dataset.factory`` has a parameter named ``split``: it then makes each split."""
     try:
-        return "split" in inspect.signature(_import_factory(factory)).parameters
+        return "split" in inspect.signature(_import_factory(cfg)).parameters
     except (TypeError, ValueError):  # a builtin or C callable without a signature
         return False
 
@@ -220,7 +220,7 @@ def produce(cfg: Any, split: str | None) -> Iterable[Any]:
             raise RecipeError(f"dataset.factory_kwargs.split: '{cfg.factory}' takes the split, "
                               "and edgekiln passes it for each split itself; remove the key.")
         kwargs["split"] = split
-    produced = _import_factory(cfg.factory)(**kwargs)
+    produced = _import_factory(cfg)(**kwargs)
     if not isinstance(produced, Iterable) or isinstance(produced, Mapping):
         raise InputError(f"dataset.factory '{cfg.factory}' returned a "
                          f"{type(produced).__name__}; it must return an iterable of feed dicts.")
@@ -239,8 +239,8 @@ def as_feed(factory: str, index: int, item: Any,
     return feed, item.get("labels")
 
 
-def _import_factory(factory: str) -> Callable[..., Any]:
-    return import_callable(factory, "dataset.factory")
+def _import_factory(cfg: Any) -> Callable[..., Any]:
+    return import_callable(cfg.factory, "dataset.factory", cfg.get("trusted_packages") or ())
 
 
 def synthetic_pool(cfg: Any, inputs: Any, count: int) -> Pool:

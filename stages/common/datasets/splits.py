@@ -32,10 +32,12 @@ __all__ = ["SPLITS", "Dataset", "Feed", "Feeds", "Split", "load_dataset"]
 
 
 class Feeds(Sequence[Feed]):
-    """A split's feeds, shaped on first access (one batch per request) and then kept."""
+    """A split's feeds, shaped on first access (one batch per request) and then kept; each is
+    checked for NaN and infinite values then, so no stage ever sees one."""
 
-    def __init__(self, pool: Pool, indices: np.ndarray) -> None:
+    def __init__(self, pool: Pool, indices: np.ndarray, name: str = "", where: str = "") -> None:
         self._pool, self._indices = pool, indices
+        self._name, self._where = name, where  # the split's name and the dataset, for errors
         self._done: dict[int, Feed] = {}
 
     def __len__(self) -> int:
@@ -59,8 +61,22 @@ class Feeds(Sequence[Feed]):
         todo = [p for p in positions if p not in self._done]
         if todo:
             feeds = self._pool.take(self._indices[todo])
+            for position, feed in zip(todo, feeds, strict=True):
+                self._check_finite(position, feed)
             self._done.update(zip(todo, feeds, strict=True))
         return [self._done[p] for p in positions]
+
+    def _check_finite(self, position: int, feed: Feed) -> None:
+        for input_name, array in feed.items():
+            if not np.issubdtype(array.dtype, np.inexact) or np.isfinite(array).all():
+                continue
+            nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            sample = self._pool.ids[self._indices[position]]
+            raise InputError(
+                f"{self._where}: {self._name} sample {position} ({sample}): model input "
+                f"'{input_name}' holds {nan} NaN and {inf} infinite value(s). Calibration "
+                "ranges, accuracy and agreement computed from such a sample mean nothing; "
+                "fix or remove it.")
 
 
 @dataclass(frozen=True)
@@ -110,7 +126,8 @@ def load_dataset(dataset: Any, inputs: Any) -> Dataset:
     splits, why_empty = {}, {}
     for name, (pool, indices, why) in _deal(cfg, specs).items():
         labels = None if pool.labels is None or not cfg.use_labels else pool.labels[indices]
-        splits[name] = Split(Feeds(pool, indices), labels, tuple(pool.ids[i] for i in indices))
+        splits[name] = Split(Feeds(pool, indices, name, where), labels,
+                             tuple(pool.ids[i] for i in indices))
         why_empty[name] = why
         _check_split(name, splits[name], pool.uniform, specs, where)
     return Dataset(splits, where, why_empty)
@@ -141,7 +158,7 @@ def _deal(cfg: DictConfig, specs: list[Any]) -> dict[str, tuple[Pool, np.ndarray
     if own and cfg.kind not in FILE_KINDS:
         raise RecipeError(f"dataset.{next(iter(own))}_path: only file sources "
                           f"({', '.join(FILE_KINDS)}) take split paths, not kind={cfg.kind}.")
-    if cfg.kind == "callable" and cfg.factory and dataset_sources.takes_split(cfg.factory):
+    if cfg.kind == "callable" and cfg.factory and dataset_sources.takes_split(cfg):
         return _deal_factory(cfg, specs)
     shared = [name for name in SPLITS if name not in own]
     pools = _open_pools(cfg, specs, own, shared)
