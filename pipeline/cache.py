@@ -128,11 +128,16 @@ class Cache:
     def _quarantine(self, key: str, damage: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         dest = self.root / "quarantine" / f"{key}-{stamp}-{os.getpid()}-{next(_counter)}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._entry_dir(key), dest)
         except FileNotFoundError:
             return  # another run moved it first
+        except OSError as exc:  # still a miss: the rebuild's commit replaces it
+            log.warning("cache entry %s is damaged: %s. It could not be moved aside (%s); "
+                        "rebuilding it.", key[:12], damage, exc.strerror)
+            self.repaired[key] = f"cache entry was damaged ({damage})"
+            return
         with contextlib.suppress(OSError):
             (dest / "why.txt").write_text(f"{damage}\n")
         log.warning("cache entry %s is damaged: %s. Moved it to %s; rebuilding it.",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from omegaconf import OmegaConf
 
 from pipeline import imports
-from pipeline.errors import GateError, PipelineError, StageError
+from pipeline.errors import GateError, InputError, PipelineError, StageError
 from pipeline.hashing import fingerprint
 from pipeline.keys import cache_key, key_payload, source_location
 from pipeline.registry import StageContext
@@ -170,8 +170,13 @@ class _Runner:
         if not factories:
             return {}
         root = Path.cwd().resolve()
-        return {path.relative_to(root).as_posix(): self.cache.state.file(path)
-                for path in imports.discover(factories, before, root)}
+        found = {}
+        for path in imports.discover(factories, before, root):
+            try:
+                found[path.relative_to(root).as_posix()] = self.cache.state.file(path)
+            except OSError:  # gone since it was imported: no later lookup may match it
+                found[path.relative_to(root).as_posix()] = "unreadable"
+        return found
 
 
 def _read_sources(node: Node) -> dict[str, dict[str, Any]]:
@@ -180,7 +185,10 @@ def _read_sources(node: Node) -> dict[str, dict[str, Any]]:
     for key, value in sorted(node.sources.items()):
         where = source_location(key, value)
         if isinstance(where, Path):
-            read[key] = fingerprint(where)
+            try:
+                read[key] = fingerprint(where)
+            except OSError as exc:
+                raise InputError(f"{key}: cannot read {value} ({exc.strerror}).") from exc
     return read
 
 
