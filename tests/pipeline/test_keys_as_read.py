@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -166,3 +167,40 @@ def test_a_damaged_upstream_entry_is_rebuilt_with_a_note(tmp_path: Path) -> None
     assert "quarantined in" in (again["a"].note or "")
     assert (again["d"].entry.out / "value.txt").read_text() == "abacd"  # type: ignore[union-attr]
     assert len(list((tmp_path / "quarantine").iterdir())) == 1
+
+
+def test_a_checkpoint_changed_while_the_run_waits_for_the_lock_is_not_built(
+        tmp_path: Path) -> None:
+    from pipeline.hashing import DigestState
+    from pipeline.keys import cache_key, key_payload
+
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights v1")
+    plan = _export_plan(_copy_of(checkpoint), {"model.checkpoint": str(checkpoint)})
+    key = cache_key(key_payload(plan.nodes["export"], {}, DigestState(tmp_path / "s.json")))
+    results: dict[str, Any] = {}
+    waiting = threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waits for cache key" in record.getMessage():
+                waiting.set()
+
+    handler = Waiting()
+    logging.getLogger("pipeline.cache").addHandler(handler)
+    try:
+        with Cache(tmp_path / "c").lock(key):  # another run is building this key
+            runner = threading.Thread(target=lambda: results.update(
+                run(plan, Cache(tmp_path / "c"), jobs=1, display=Recorder())))
+            runner.start()
+            assert waiting.wait(30)  # the run has its key and waits for the lock
+            checkpoint.write_bytes(b"weights v2")
+        runner.join(30)
+    finally:
+        logging.getLogger("pipeline.cache").removeHandler(handler)
+    result = results["export"]
+    assert result.status == "failed"
+    assert str(result.error) == (f"stage 'export': model.checkpoint {checkpoint} changed after "
+                                 "the run computed export's cache key; nothing was cached. "
+                                 "Run again.")
+    assert _entries(tmp_path / "c") == []
