@@ -3,12 +3,18 @@
 Layout under the cache root::
 
     objects/<key[:2]>/<key[2:]>/out/...      the stage's output files (read-only)
-                                /meta.json   key payload, output digest, summary, seconds
+                                /meta.json   key payload, per-file sha256 and size, output
+                                             digest, working-tree imports, summary, seconds
     tmp/<key>.<pid>.<n>/                     builds in progress (never looked up)
     locks/<key>.lock                         one builder per key across processes
+    locks/<key>.holder                       who holds that lock (pid, host, since)
+    quarantine/<key>-<time>-<pid>-<n>/       damaged entries, moved aside with why.txt
 
 An entry exists only once its directory has been renamed into ``objects/``, complete with
 ``meta.json``; a killed build leaves at most a directory under ``tmp/``, which nothing reads.
+Every lookup verifies the entry before handing it on (as Bazel checks its action outputs):
+each file's size and sha256 against meta.json, through the digest memo, so an unchanged entry
+costs a stat per file. A damaged entry is moved to ``quarantine/`` and is a miss.
 """
 
 from __future__ import annotations
@@ -19,20 +25,23 @@ import json
 import logging
 import os
 import shutil
+import socket
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from pipeline.hashing import DigestState, file_digests, list_files, tree_digest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 log = logging.getLogger(__name__)
 _counter = itertools.count()
+WAIT_NOTICE_S = 1.0  # a run waiting longer than this for a lock says who holds it
 
 
 @dataclass(frozen=True)
@@ -54,32 +63,122 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.state = DigestState(root / "state.json")
+        # key -> why its damaged entry was quarantined this run (the rebuild's note)
+        self.repaired: dict[str, str] = {}
+        self._held = threading.local()  # keys whose lock this thread holds
 
     def _entry_dir(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key[2:]
 
     def lookup(self, key: str) -> Entry | None:
-        """The complete entry for ``key``, or None; a damaged entry is removed."""
+        """The verified entry for ``key``, or None: missing, damaged or out of date."""
+        entry, damage = self._read(key)
+        if damage is not None:
+            # a concurrent commit may be replacing the entry: judge it again under its lock
+            with self.lock(key):
+                entry, damage = self._read(key)
+                if damage is not None:
+                    self._quarantine(key, damage)
+        if entry is not None and (changed := self._changed_import(entry)):
+            log.info("cache entry %s is out of date: %s changed", key[:12], changed)
+            return None
+        return entry
+
+    def _read(self, key: str) -> tuple[Entry | None, str | None]:
+        """The entry and None, or None and what is wrong with it (None, None: no entry)."""
         path = self._entry_dir(key)
+        if not path.exists():
+            return None, None
         try:
             meta = json.loads((path / "meta.json").read_text())
-            if meta["key"] != key or "digest" not in meta:
-                raise ValueError("meta.json does not describe this entry")
         except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("cache entry %s is damaged (%s); rebuilding it", key[:12], exc)
-            _remove(path)
-            return None
-        return Entry(key, path, meta)
+            return None, "meta.json is missing"
+        except (OSError, ValueError) as exc:
+            return None, f"meta.json cannot be read ({exc})"
+        if (not isinstance(meta, dict) or meta.get("key") != key
+                or not isinstance(meta.get("files"), dict) or "digest" not in meta):
+            return None, "meta.json does not describe this entry"
+        damage = self._verify(path / "out", meta)
+        return (None, damage) if damage else (Entry(key, path, meta), None)
+
+    def _verify(self, out: Path, meta: dict[str, Any]) -> str | None:
+        files: dict[str, str] = meta["files"]
+        if tree_digest(files) != meta["digest"]:
+            return "meta.json's digest does not match its list of files"
+        present = {p.relative_to(out).as_posix() for p in list_files(out)}
+        for name in sorted(set(files) ^ present):
+            return f"out/{name} " + ("is missing" if name in files else "is not in meta.json")
+        for name, digest in sorted(files.items()):
+            damage = self._check_file(out / name, digest, meta.get("sizes", {}).get(name))
+            if damage:
+                return f"out/{name} {damage}"
+        return None
+
+    def _check_file(self, path: Path, digest: str, size: int | None) -> str | None:
+        try:
+            actual = path.stat().st_size
+            if size is not None and actual != size:
+                return f"is {actual} bytes, meta.json records {size}"
+            if self.state.file(path) != digest:
+                return "does not match the sha256 meta.json records"
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        return None
+
+    def _quarantine(self, key: str, damage: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        dest = self.root / "quarantine" / f"{key}-{stamp}-{os.getpid()}-{next(_counter)}"
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._entry_dir(key), dest)
+        except FileNotFoundError:
+            return  # another run moved it first
+        except OSError as exc:  # still a miss: the rebuild's commit replaces it
+            log.warning("cache entry %s is damaged: %s. It could not be moved aside (%s); "
+                        "rebuilding it.", key[:12], damage, exc.strerror)
+            self.repaired[key] = f"cache entry was damaged ({damage})"
+            return
+        with contextlib.suppress(OSError):
+            (dest / "why.txt").write_text(f"{damage}\n")
+        log.warning("cache entry %s is damaged: %s. Moved it to %s; rebuilding it.",
+                    key[:12], damage, dest)
+        self.repaired[key] = f"cache entry was damaged ({damage}), quarantined in {dest}"
+
+    def _changed_import(self, entry: Entry) -> str | None:
+        """The first working-tree module the entry's build imported that has changed since."""
+        for name, digest in sorted(entry.meta.get("imports", {}).items()):
+            try:
+                if self.state.file(Path(name)) != digest:
+                    return name
+            except OSError:
+                return name
+        return None
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
+    def lock(self, key: str, what: str = "") -> Iterator[None]:
         """Hold the build lock of ``key``: a concurrent run waits, then finds the entry."""
+        held: set[str] = self._held.__dict__.setdefault("keys", set())
+        if key in held:  # this thread holds it already (a lookup inside a build)
+            yield
+            return
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(lock_dir / f"{key}.lock"):
+        lock = FileLock(lock_dir / f"{key}.lock")
+        holder = lock_dir / f"{key}.holder"
+        try:
+            lock.acquire(timeout=WAIT_NOTICE_S)
+        except Timeout:
+            log.warning("%s waits for cache key %s: another run is building it (%s)",
+                        what or "a stage", key[:12], describe_holder(holder))
+            lock.acquire()
+        held.add(key)
+        try:
+            _write_holder(holder)
             yield
+        finally:
+            held.discard(key)
+            holder.unlink(missing_ok=True)
+            lock.release()
 
     def staging(self, key: str) -> Path:
         """A fresh, empty build directory for ``key`` (call while holding its lock)."""
@@ -93,22 +192,54 @@ class Cache:
     def commit(self, key: str, staged: Path, meta: dict[str, Any]) -> Entry:
         """Digest the staged output, seal it read-only and move it into place atomically."""
         out = staged / "out"
-        files = file_digests(out)
-        meta = {**meta, "key": key, "files": files, "digest": tree_digest(files),
-                "created": time.time()}
-        (staged / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         for path in list_files(out):
-            path.chmod(0o444)
+            path.chmod(0o444)  # before digesting: what is digested can no longer be written
+        files = file_digests(out)
+        sizes = {name: (out / name).stat().st_size for name in files}
+        meta = {**meta, "key": key, "files": files, "sizes": sizes,
+                "digest": tree_digest(files), "created": time.time()}
+        (staged / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a forced rebuild replaces the old entry
-            _remove(final)
+        old = staged.with_name(f"{staged.name}.replaced")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(final, old)  # a forced rebuild replaces the old entry
         os.replace(staged, final)
+        _remove(old)
         return Entry(key, final, meta)
 
     def discard(self, staged: Path) -> None:
         _remove(staged)
 
+
+def _write_holder(path: Path) -> None:
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, path)
+
+
+def describe_holder(path: Path) -> str:
+    """Who holds a lock, from its holder record; tolerates a missing or stale record."""
+    try:
+        record = json.loads(path.read_text())
+        pid, host, since = int(record["pid"]), str(record["host"]), str(record["since"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it left no holder record"
+    gone = host == socket.gethostname() and not _alive(pid)
+    return (f"pid {pid} on {host}, since {since}"
+            + ("; that process is gone, so the record is stale" if gone else ""))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 def _remove(path: Path) -> None:
     if path.is_dir():

@@ -13,17 +13,18 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import OmegaConf
 
+from pipeline import imports
 from pipeline.errors import GateError, InputError, PipelineError, StageError
-from pipeline.keys import cache_key, key_payload
+from pipeline.hashing import fingerprint
+from pipeline.keys import cache_key, key_payload, source_location
 from pipeline.registry import StageContext
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from pipeline.cache import Cache, Entry
     from pipeline.plan import Node, Plan
 
@@ -46,6 +47,8 @@ class NodeResult:
     error: PipelineError | None = None
     # why a variant was lost: its node chooses among the others, so the run goes on
     lost: str | None = None
+    # why a node ran although it had been cached (its entry was damaged and quarantined)
+    note: str | None = None
 
 
 def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, NodeResult]:
@@ -133,19 +136,24 @@ class _Runner:
             error = type(exc)(f"stage '{node.name}': {exc}")
             error.__cause__ = exc  # --verbose shows the traceback of the stage's own error
             return NodeResult(node, "failed", time.perf_counter() - start, error=error)
-        return NodeResult(node, status, time.perf_counter() - start, key, entry)
+        note = self.cache.repaired.get(key) if status == "ran" else None
+        return NodeResult(node, status, time.perf_counter() - start, key, entry, note=note)
 
     def _build(self, node: Node, key: str, payload: dict[str, Any],
                inputs: dict[str, Entry], lost: dict[str, str]) -> tuple[Entry, str]:
-        with self.cache.lock(key):
+        with self.cache.lock(key, f"stage '{node.name}'"):
             entry = self.cache.lookup(key) if _reuses(node, self.plan) else None
             if entry is not None:  # another run built it while we waited for the lock
                 return entry, "cached"
+            read = _read_sources(node)  # under the lock: what this build really starts from
+            _check_sources_as_keyed(node, read, payload["sources"])
+            modules = imports.loaded_modules()
             staged = self.cache.staging(key)
             start = time.perf_counter()
             try:
                 summary = node.spec.fn(_context(node, inputs, staged / "out", self.display,
                                                 lost))
+                _check_sources_unchanged(node, read)
             except PipelineError:
                 self.cache.discard(staged)
                 raise
@@ -153,8 +161,57 @@ class _Runner:
                 self.cache.discard(staged)
                 raise StageError(f"failed: {type(exc).__name__}: {exc}") from exc
             meta = {"node": node.name, "payload": payload, "summary": summary or {},
-                    "seconds": round(time.perf_counter() - start, 3)}
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "imports": self._factory_imports(node, modules)}
             return self.cache.commit(key, staged, meta), "ran"
+
+    def _factory_imports(self, node: Node, before: set[str]) -> dict[str, str]:
+        """{path under the working tree: digest} of every module the node's factories import."""
+        factories = [where for key, value in node.sources.items() if key.endswith("factory")
+                     if isinstance(where := source_location(key, value), Path)]
+        if not factories:
+            return {}
+        root = Path.cwd().resolve()
+        found = {}
+        for path in imports.discover(factories, before, root):
+            try:
+                found[path.relative_to(root).as_posix()] = self.cache.state.file(path)
+            except OSError:  # gone since it was imported: no later lookup may match it
+                found[path.relative_to(root).as_posix()] = "unreadable"
+        return found
+
+
+def _read_sources(node: Node) -> dict[str, dict[str, Any]]:
+    """Fingerprints, read now, of the files and directories the node's sources name."""
+    read = {}
+    for key, value in sorted(node.sources.items()):
+        where = source_location(key, value)
+        if isinstance(where, Path):
+            try:
+                read[key] = fingerprint(where)
+            except OSError as exc:
+                raise InputError(f"{key}: cannot read {value} ({exc.strerror}).") from exc
+    return read
+
+
+def _check_sources_as_keyed(node: Node, read: dict[str, dict[str, Any]],
+                            keyed: dict[str, str]) -> None:
+    for key, seen in read.items():
+        if seen["digest"] != keyed.get(key):
+            raise StageError(f"{key} {node.sources[key]} changed after the run computed "
+                             f"{node.spec.kind}'s cache key; nothing was cached. Run again.")
+
+
+def _check_sources_unchanged(node: Node, before: dict[str, dict[str, Any]]) -> None:
+    """A source rewritten while the stage ran: the output may mix both versions."""
+    for key, seen in before.items():
+        try:
+            now = fingerprint(source_location(key, node.sources[key]))  # type: ignore[arg-type]
+        except (OSError, PipelineError):
+            now = None
+        if now != seen:
+            raise StageError(f"{key} {node.sources[key]} changed while {node.spec.kind} ran; "
+                             "nothing was cached.")
 
 
 def _reuses(node: Node, plan: Plan) -> bool:

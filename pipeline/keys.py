@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError
 from pipeline.hashing import DigestState, digest_json
+from pipeline.imports import module_file
 
 if TYPE_CHECKING:
     from pipeline.plan import Node
@@ -39,27 +40,33 @@ def cache_key(payload: dict[str, Any]) -> str:
 
 def source_digest(key: str, value: str, state: DigestState) -> str:
     """Content digest of a source file, directory, or factory module (found without import)."""
+    where = source_location(key, value)
+    return state.path_digest(where) if isinstance(where, Path) else where
+
+
+def source_location(key: str, value: str) -> Path | str:
+    """The file or directory the source ``key`` reads, or a stand-in when it reads none."""
     if key.endswith("factory"):
-        module_file = _module_file(value.split(":", maxsplit=1)[0])
-        return state.file(module_file) if module_file else f"unlocated:{value}"
+        found = module_file(value.split(":", maxsplit=1)[0])
+        return found or f"unlocated:{value}"
     if key == "dataset.kind":
-        return _bundled_data_digest(value, state)
+        return _bundled_data_file(value)
     path = Path(value)
     if not path.exists():
         raise RecipeError(f"{key}: '{value}' does not exist (paths are relative to "
                           f"{Path.cwd()}).")
-    return state.path_digest(path)
+    return path
 
 
-def _bundled_data_digest(kind: str, state: DigestState) -> str:
-    """Digest of the data file a built-in dataset kind reads, or the kind for the others."""
+def _bundled_data_file(kind: str) -> Path | str:
+    """The data file a built-in dataset kind reads, or the kind for the others."""
     if kind not in BUNDLED_DATA:
         return kind
     package, relative = BUNDLED_DATA[kind]
     spec = PathFinder.find_spec(package)  # locating sklearn, not importing it (0.5 s)
     for root in (spec.submodule_search_locations or []) if spec else []:
         if (Path(root) / relative).is_file():
-            return state.file(Path(root) / relative)
+            return Path(root) / relative
     return f"unlocated:{package}/{relative}"
 
 
@@ -69,17 +76,3 @@ def tool_version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "absent"
-
-
-def _module_file(dotted: str) -> Path | None:
-    # Walk the package path by hand: importing the factory's package here would import torch
-    # or tensorflow, which a cached rebuild must not pay for.
-    search: list[str] | None = None
-    spec = None
-    for part in dotted.split("."):
-        spec = PathFinder.find_spec(part, search)
-        if spec is None:
-            return None
-        search = list(spec.submodule_search_locations or [])
-    origin = spec.origin if spec else None
-    return Path(origin) if origin and Path(origin).is_file() else None
