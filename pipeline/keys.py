@@ -38,12 +38,15 @@ def cache_key(payload: dict[str, Any]) -> str:
 
 
 def source_digest(key: str, value: str, state: DigestState) -> str:
-    """Content digest of a source file, directory, or factory module (found without import)."""
+    """Content digest of a source file, directory, factory module or package directory (both
+    found without import)."""
     if key.endswith("factory"):
         module_file = _module_file(value.split(":", maxsplit=1)[0])
         return state.file(module_file) if module_file else f"unlocated:{value}"
     if key == "dataset.kind":
         return _bundled_data_digest(value, state)
+    if key.endswith("package"):  # a package that ships a model folder: its whole directory
+        return _package_digest(value, state)
     path = Path(value)
     if not path.exists():
         raise RecipeError(f"{key}: '{value}' does not exist (paths are relative to "
@@ -61,6 +64,12 @@ def _bundled_data_digest(kind: str, state: DigestState) -> str:
         if (Path(root) / relative).is_file():
             return state.file(Path(root) / relative)
     return f"unlocated:{package}/{relative}"
+
+
+def _package_digest(package: str, state: DigestState) -> str:
+    spec = PathFinder.find_spec(package) if package.isidentifier() else None  # no import
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return state.tree(Path(locations[0])) if locations else f"unlocated:{package}"
 
 
 @functools.cache
