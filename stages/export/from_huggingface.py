@@ -75,7 +75,7 @@ def export_huggingface(model: Any, export: Any,
     import torch
 
     names = [spec.name for spec in model.inputs]
-    module = TaskModule.build(model_folder(model), model.task, model.pooling, names)
+    module = task_module(model_folder(model), model.task, model.pooling, names)
     inputs = {name: torch.from_numpy(sample[name]) for name in names}
     _probe(module, inputs, model.inputs, sample)
     shapes = dynamic_shapes(model.inputs) or (None,) * len(names)
@@ -124,40 +124,37 @@ def load_auto(folder: Path, task: str) -> Any:
                          f"for model.task={task}: {cause}") from exc
 
 
-class TaskModule:
-    """Builds the ``nn.Module`` that export traces: the Auto model, called by keyword, its
-    output reduced to one tensor for the task."""
+def task_module(folder: Path, task: str, pooling: str, names: list[str]) -> Any:
+    """The ``nn.Module`` that export traces: the Auto model called by keyword with the token
+    inputs, its output reduced to the task's one tensor."""
+    import torch
 
-    @staticmethod
-    def build(folder: Path, task: str, pooling: str, names: list[str]) -> Any:
-        import torch
+    loaded = load_auto(folder, task)
+    accepted = inspect.signature(loaded.forward).parameters
+    refused = [name for name in names if name not in accepted or name not in TOKEN_INPUTS]
+    if refused:
+        raise RecipeError(
+            f"model.inputs: {refused} are not token inputs that {type(loaded).__name__}."
+            f"forward takes (it takes {[n for n in TOKEN_INPUTS if n in accepted]}); "
+            f"declare model.inputs without them. Derived from '{folder}' they would be "
+            f"{[spec['name'] for spec in derived_inputs(folder)]}.")
+    extra = {"use_cache": False} if "use_cache" in accepted else {}
 
-        loaded = load_auto(folder, task)
-        accepted = inspect.signature(loaded.forward).parameters
-        refused = [name for name in names if name not in accepted or name not in TOKEN_INPUTS]
-        if refused:
-            raise RecipeError(
-                f"model.inputs: {refused} are not token inputs that {type(loaded).__name__}."
-                f"forward takes (it takes {[n for n in TOKEN_INPUTS if n in accepted]}); "
-                f"declare model.inputs without them. Derived from '{folder}' they would be "
-                f"{[spec['name'] for spec in derived_inputs(folder)]}.")
-        extra = {"use_cache": False} if "use_cache" in accepted else {}
+    class Task(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = loaded
 
-        class Task(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = loaded
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+            given = {"input_ids": input_ids, "attention_mask": attention_mask,
+                     "token_type_ids": token_type_ids}
+            out = self.model(**{k: v for k, v in given.items() if v is not None}, **extra)
+            if task != "feature_extraction":
+                return out.logits
+            return pool(out.last_hidden_state, attention_mask, pooling)
 
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-                given = {"input_ids": input_ids, "attention_mask": attention_mask,
-                         "token_type_ids": token_type_ids}
-                out = self.model(**{k: v for k, v in given.items() if v is not None}, **extra)
-                if task != "feature_extraction":
-                    return out.logits
-                return pool(out.last_hidden_state, attention_mask, pooling)
-
-        return Task().eval()
+    return Task().eval()
 
 
 def pool(states: Any, attention_mask: Any, pooling: str) -> Any:
