@@ -39,7 +39,8 @@ def cache_key(payload: dict[str, Any]) -> str:
 
 
 def source_digest(key: str, value: str, state: DigestState) -> str:
-    """Content digest of a source file, directory, or factory module (found without import)."""
+    """Content digest of a source file, directory, factory module or package directory (both
+    found without import)."""
     where = source_location(key, value)
     return state.path_digest(where) if isinstance(where, Path) else where
 
@@ -51,6 +52,8 @@ def source_location(key: str, value: str) -> Path | str:
         return found or f"unlocated:{value}"
     if key == "dataset.kind":
         return _bundled_data_file(value)
+    if key.endswith("package"):  # a package that ships a model folder: its whole directory
+        return _package_dir(value)
     path = Path(value)
     if not path.exists():
         raise RecipeError(f"{key}: '{value}' does not exist (paths are relative to "
@@ -68,6 +71,12 @@ def _bundled_data_file(kind: str) -> Path | str:
         if (Path(root) / relative).is_file():
             return Path(root) / relative
     return f"unlocated:{package}/{relative}"
+
+
+def _package_dir(package: str) -> Path | str:
+    spec = PathFinder.find_spec(package) if package.isidentifier() else None  # no import
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else f"unlocated:{package}"
 
 
 @functools.cache

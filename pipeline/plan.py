@@ -12,6 +12,7 @@ before the first expensive step.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ class Plan:
 def build(cfg: DictConfig) -> Plan:
     """Check ``cfg`` and expand it into nodes, in an order where inputs come first."""
     load_kinds()
-    resolved = _resolve(cfg)
+    resolved = _resolve(_derived(cfg))
     _check_sections(resolved)
     for section, schema in (("model", ModelConfig), ("dataset", DatasetConfig), ("run", RunConfig)):
         check_bounds(schema, resolved[section], section)
@@ -96,6 +97,22 @@ def build(cfg: DictConfig) -> Plan:
 
 def node_name(stage: str, target: str | None) -> str:
     return f"{stage}@{target}" if target else stage
+
+
+def _derived(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the keys that installed kinds derive for it (a copy, when there are any)."""
+    found = {key: value for spec in REGISTRY.values() if spec.derive is not None
+             for key, value in spec.derive(cfg).items()}
+    if not found:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    for key, value in found.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as exc:
+            raise RecipeError(f"{key}: derived as {value!r}, which the schema refuses: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return cfg
 
 
 def _resolve(cfg: DictConfig) -> dict[str, Any]:
@@ -207,7 +224,7 @@ def _check_files(resolved: dict[str, Any]) -> None:
                               f"{Path.cwd()}).")
     dataset = resolved["dataset"]
     kind = dataset["kind"]
-    if kind in ("npz", "npy", "images") and not any(
+    if kind in ("npz", "npy", "images", "text") and not any(
             _get_path(resolved, key) for key in DATASET_PATHS):
         raise RecipeError(f"dataset.path: required when dataset.kind={kind} (or give each split "
                           "its own dataset.calibration_path / evaluation_path).")

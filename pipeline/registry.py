@@ -85,6 +85,10 @@ class StageSpec:
     section: bool = False
     # checks of the resolved recipe (as this stage's node sees it) that must fail at plan time
     check: Callable[[dict[str, Any]], None] | None = None
+    # recipe keys the recipe left unset that the kind derives from files it names (the inputs
+    # of a Hugging Face model folder): given the composed recipe, {dotted key: value}. The
+    # plan sets them before anything reads the recipe, so every node sees and keys them
+    derive: Callable[[DictConfig], dict[str, Any]] | None = None
     # plan-time fan-out of one node into variants of the same kind (quantize.mode=auto's
     # candidates): given the node's config, {variant: its params}. Each variant becomes a node
     # of its own, with its own cache key, reading the node's inputs; the node reads them back

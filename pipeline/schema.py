@@ -23,6 +23,21 @@ class Framework(Enum):
     torch = "torch"
     tensorflow = "tensorflow"
     onnx = "onnx"
+    huggingface = "huggingface"  # a Hugging Face model folder, loaded with transformers
+
+
+class Task(Enum):
+    """What a Hugging Face model folder is exported for (the Auto class that loads it)."""
+
+    feature_extraction = "feature_extraction"  # AutoModel, pooled by model.pooling
+    sequence_classification = "sequence_classification"  # logits (batch, labels)
+    causal_lm = "causal_lm"  # next-token logits (batch, sequence, vocab), no KV cache
+
+
+class Pooling(Enum):
+    mean = "mean"  # last_hidden_state averaged over the attention mask (sentence-transformers)
+    cls = "cls"  # the first token's state
+    none = "none"  # last_hidden_state itself (batch, sequence, hidden)
 
 
 class DType(Enum):
@@ -56,8 +71,15 @@ class ModelConfig:
     trusted_packages: list[str] = field(default_factory=list)
     # torch weights: .pt/.pth state dict (loaded with weights_only=True) or .safetensors
     checkpoint: str | None = None
-    # a .keras file, a SavedModel directory or an .onnx file
+    # a .keras file, a SavedModel directory, an .onnx file or a Hugging Face model folder
     path: str | None = None
+    # huggingface: a folder that an installed package ships instead of model.path, found
+    # without importing the package: package_folder inside the package's directory
+    package: str | None = None
+    package_folder: str = ""
+    task: Task | None = None  # huggingface: required
+    pooling: Pooling = Pooling.mean  # huggingface feature_extraction
+    # huggingface may leave inputs out: the plan derives them from the folder (README)
     inputs: list[InputSpec] = MISSING
     outputs: list[str] = field(default_factory=list)
     # how many sample values a dynamic dimension gets when edgekiln makes inputs
@@ -71,6 +93,13 @@ class DatasetKind(Enum):
     images = "images"
     callable = "callable"
     synthetic = "synthetic"  # random inputs; warns that they are not representative
+    text = "text"  # a .txt (one example a line) or .jsonl file, tokenized
+
+
+class Padding(Enum):
+    max_length = "max_length"  # every sample dataset.max_length tokens: one shape for all
+    longest = "longest"  # every sample as long as the longest of its file
+    none = "none"  # each sample its own length (stages feed them one by one)
 
 
 class Layout(Enum):
@@ -81,7 +110,8 @@ class Layout(Enum):
 # recipe keys naming dataset content: every stage that reads `dataset` lists them in its
 # `sources`, so the data itself (not only its name) enters the stage's cache key
 DATASET_SOURCES = ("dataset.kind", "dataset.path", "dataset.calibration_path",
-                   "dataset.evaluation_path", "dataset.training_path", "dataset.factory")
+                   "dataset.evaluation_path", "dataset.training_path", "dataset.factory",
+                   "dataset.tokenizer")
 
 
 @dataclass
@@ -130,6 +160,17 @@ class DatasetConfig:
     dtype: DType = DType.float32
     # false when the dataset's labels are not the model's classes (agreement is still measured)
     use_labels: bool = True
+    # text: a .txt file holds one example a line (blank lines skipped), a .jsonl one JSON object
+    # a line with the example under text_field (and its second sentence under pair_field, and
+    # a class index under label_field); the tokenizer is the folder of tokenizer files that
+    # `tokenizer` names, by default the model's Hugging Face folder. Samples are cut to
+    # max_length tokens and padded as `padding` says, with exactly the model's inputs (int64)
+    text_field: str = "text"
+    pair_field: str | None = None
+    label_field: str | None = None
+    tokenizer: str | None = None
+    max_length: int = 128
+    padding: Padding = Padding.max_length
     seed: int = 0
     calibration_size: int = at_least(1, 256)
     evaluation_size: int = at_least(1, 512)

@@ -1,4 +1,5 @@
-"""The ``export`` stage: a torch, TensorFlow or ONNX model in, a checked ``model.onnx`` out.
+"""The ``export`` stage: a torch, TensorFlow, ONNX or Hugging Face model in, a checked
+``model.onnx`` out.
 
 The exported model must pass ``onnx.checker``, take exactly the recipe's inputs, and agree
 with the source framework on seeded random samples within ``export.parity_atol/rtol``.
@@ -25,6 +26,7 @@ from stages.export.checks import (
     graph_inputs,
     parity,
 )
+from stages.export.from_huggingface import check_huggingface, derive_keys, export_huggingface
 from stages.export.from_tensorflow import export_tensorflow
 from stages.export.from_torch import export_torch
 from stages.export.params import ExportParams
@@ -38,27 +40,32 @@ if TYPE_CHECKING:
 
 # modules each framework needs, and the extra of pyproject.toml that installs them
 NEEDS = {"torch": (("torch", "onnxscript"), "torch"),
-         "tensorflow": (("tensorflow", "tf2onnx"), "tf")}
+         "tensorflow": (("tensorflow", "tf2onnx"), "tf"),
+         "huggingface": (("torch", "onnxscript", "transformers"), "huggingface")}
 
 
 def check_recipe(config: dict[str, Any]) -> None:
     """At plan time: the model section names what its framework needs, and it is installed."""
     model = config["model"]
     framework = model["framework"]
-    needs = {"torch": "factory", "tensorflow": None, "onnx": "path"}[framework]
+    needs = {"torch": "factory", "tensorflow": None, "onnx": "path",
+             "huggingface": None}[framework]
     if needs and not model[needs]:
         raise RecipeError(f"model.{needs}: required when model.framework={framework}.")
     if framework == "tensorflow" and not (model["path"] or model["factory"]):
         raise RecipeError("model.path or model.factory: one is required for tensorflow.")
     if model["factory"]:  # refused before anything imports it
         check_factory(model["factory"], "model.factory", model.get("trusted_packages") or ())
+    if framework == "huggingface":
+        check_huggingface(model)
     require_framework(framework)
 
 
 @stage("export", params=ExportParams, section=True, reads=("model",), version=3,
-       check=check_recipe,
-       tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx"),
-       sources=("model.checkpoint", "model.path", "model.factory"))
+       check=check_recipe, derive=derive_keys,
+       tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx",
+              "transformers"),
+       sources=("model.checkpoint", "model.path", "model.factory", "model.package"))
 def export(ctx: StageContext) -> dict[str, Any]:
     """Export the recipe's model to ONNX in ``ctx.out`` and check it against the source."""
     import onnx
@@ -109,6 +116,8 @@ def _convert(model: Any, settings: Any, sample: Feed) -> tuple[onnx.ModelProto, 
             raise RecipeError("model.framework=onnx needs model.path, an .onnx file.")
         return load_model(Path(model.path)), None
     require_framework(model.framework)
+    if model.framework == "huggingface":
+        return export_huggingface(model, settings, sample)
     make = model_factory(model) if model.factory else None
     if model.framework == "tensorflow":
         return export_tensorflow(make, model, settings, sample)

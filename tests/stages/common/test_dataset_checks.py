@@ -69,7 +69,7 @@ def test_bad_factories(dataset: dict[str, Any], error: type[Exception], message:
 
 @pytest.mark.parametrize(("dataset", "message"), [
     pytest.param({"kind": "digits", "calibration_path": "x.npz"}, r"dataset.calibration_path: "
-                 r"only file sources \(npz, npy, images\) take split paths", id="split-path"),
+                 r"only file sources \(npz, npy, images, text\) take split paths", id="split-path"),
     pytest.param({"kind": "images"}, "dataset.path: required when dataset.kind=images",
                  id="no-path"),
     pytest.param({"kind": "npz", "path": "nope.npz"}, "dataset.path: 'nope.npz' does not exist",
