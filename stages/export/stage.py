@@ -54,7 +54,7 @@ def check_recipe(config: dict[str, Any]) -> None:
         raise RecipeError(f"model.{needs}: required when model.framework={framework}.")
     if framework == "tensorflow" and not (model["path"] or model["factory"]):
         raise RecipeError("model.path or model.factory: one is required for tensorflow.")
-    if model["factory"]:  # refused before anything imports it
+    if model.get("factory"):  # refused before anything imports it
         check_factory(model["factory"], "model.factory", model.get("trusted_packages") or ())
     if framework == "huggingface":
         check_huggingface(model)
