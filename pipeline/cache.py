@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from pipeline import faults
 from pipeline.hashing import DigestState, file_digests, list_files, tree_digest
 
 if TYPE_CHECKING:
@@ -102,7 +103,9 @@ class Cache:
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # a forced rebuild replaces the old entry
+            faults.point("cache.remove")
             _remove(final)
+        faults.point("cache.commit")
         os.replace(staged, final)
         return Entry(key, final, meta)
 
