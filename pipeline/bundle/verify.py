@@ -2,7 +2,7 @@
 
 Every file of the folder must have the sha256 its ``manifest.json`` lists (no file missing,
 extra or a symlink), and the archive the sha256 its ``.sha256`` file states; folder, archive
-and checksum must be of one version. Publishing runs this right after the switch.
+and checksum are read from one version. Publishing runs this right after the switch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from pipeline.bundle import archive
+from pipeline.bundle import archive, versions
 from pipeline.bundle.signing import SIGNATURE_FILE
 from pipeline.hashing import sha256_file
 
@@ -27,18 +27,23 @@ class Mismatch(Exception):
 
 def bundle(recipe_dir: Path, name: str) -> dict[str, str]:
     """Check the live bundle ``name`` of the recipe folder; returns its manifest's file table.
-    Raises Mismatch naming the first file that differs."""
-    folder = (recipe_dir / name).resolve()
+    Raises Mismatch naming the first file that differs.
+
+    The live version is resolved once and read from there (the stable paths are checked to
+    lead through ``current``): a version switched in meanwhile does not mix in.
+    """
+    version = (recipe_dir / name).resolve().parent
+    for member in versions.members(name):
+        expected = f"{versions.VERSIONS}/{name}/{versions.CURRENT}/{member}"
+        if not (recipe_dir / member).is_symlink() or \
+                os.readlink(recipe_dir / member) != expected:
+            raise Mismatch(f"{member} is not a symlink to {expected}")
+    files = _manifest_files(version / name)
+    _check_folder(version / name, files)
     archive_name, checksum_name = archive.names(name)
-    archive_path = (recipe_dir / archive_name).resolve()
-    checksum_path = (recipe_dir / checksum_name).resolve()
-    if not (archive_path.parent == checksum_path.parent == folder.parent):
-        raise Mismatch(f"{name}, {archive_name} and {checksum_name} are not of one version")
-    files = _manifest_files(folder)
-    _check_folder(folder, files)
     try:
-        checksum, listed = archive.recorded(checksum_path)
-        actual = sha256_file(archive_path)
+        checksum, listed = archive.recorded(version / checksum_name)
+        actual = sha256_file(version / archive_name)
     except (OSError, ValueError) as exc:
         raise Mismatch(f"{archive_name} or {checksum_name} is unreadable: {exc}") from None
     if listed != archive_name or checksum != actual:
