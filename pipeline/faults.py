@@ -2,7 +2,7 @@
 
 The run kills itself the ``n``-th time (default 1) it reaches ``point(name)``, just before the
 step that follows: a rename, a symlink switch, a removal. Unset, ``point`` is one comparison.
-The names are listed in tests/faults/, which kills a real build at each of them.
+tests/e2e/test_fault_kills.py kills a real build at each of them.
 """
 
 from __future__ import annotations

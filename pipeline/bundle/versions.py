@@ -130,6 +130,7 @@ def discard(recipe_dir: Path, name: str, version: str) -> None:
     mid-removal leaves no half-deleted version anyone could roll back to."""
     folder = root(recipe_dir, name)
     doomed = folder / f".discard.{version}"
+    shutil.rmtree(doomed, ignore_errors=True)  # os.replace cannot overwrite a folder
     os.replace(folder / version, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
 
