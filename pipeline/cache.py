@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
+from pipeline import faults
 from pipeline.hashing import DigestState, file_digests, list_files, tree_digest
 
 if TYPE_CHECKING:
@@ -202,8 +203,11 @@ class Cache:
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         old = staged.with_name(f"{staged.name}.replaced")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(final, old)  # a forced rebuild replaces the old entry
+        if final.exists():  # a forced rebuild moves the old entry aside, then drops it
+            faults.point("cache.remove")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(final, old)
+        faults.point("cache.commit")
         os.replace(staged, final)
         _remove(old)
         return Entry(key, final, meta)

@@ -189,6 +189,8 @@ class RunConfig:
     artifacts_dir: str = "artifacts"
     cache_dir: str = "${run.artifacts_dir}/.cache"
     progress: bool = True
+    # bundle versions kept per bundle under artifacts/<recipe>/.versions/, the live one included
+    keep_bundles: int = 3
 
 
 @dataclass

@@ -78,6 +78,9 @@ def load(bundle_dir: str | Path = HERE, public_key: str | Path | None = None, *,
 
 def _open(folder: Path, public_key: str | Path | None,
           target: str | None) -> tuple[CheckedSession, dict[str, Any], dict[str, Any]]:
+    # a published bundle's path is a symlink to its live version: resolved once, the files
+    # checked are the files loaded even if a newer version goes live meanwhile
+    folder = folder.resolve()
     manifest = verify_bundle(folder, public_key, target)
     signature = _read_json(folder / "signature.json")
     return CheckedSession(create_session(folder, manifest), signature), signature, manifest

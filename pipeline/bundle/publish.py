@@ -8,26 +8,29 @@ file). With a signing key configured
 (see ``pipeline.bundle.signing``) ``model.sig`` signs all of it, manifest included.
 ``<target>.tar.gz`` and its ``.sha256`` go beside the folder.
 
-The new bundle is assembled aside and swapped in with renames, so a reader sees the old bundle
-or the new one, never a mix; a build that failed never reaches this step. An unchanged bundle is
-left alone (not even re-signed: ECDSA signatures differ on every run, archives would too).
+Each new bundle is written complete, with its archive and checksum, as a new version, and one
+atomic switch makes it live (``pipeline.bundle.versions``): a reader sees the old bundle or the
+new one, never a mix, and ``run.keep_bundles`` versions stay for rollback. Right after the
+switch the live bundle is re-read and checked against its manifest and checksum
+(``pipeline.bundle.verify``); a mismatch is a stage error and the previous version goes live
+again. A build that failed never reaches this step. An unchanged bundle is left alone (not
+even re-signed: ECDSA signatures differ on every run, and the archive would with them).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import tarfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from pipeline.bundle import signing
-from pipeline.errors import StageError
-from pipeline.hashing import DigestState, file_digests, list_files, sha256_file
+from pipeline import faults
+from pipeline.bundle import archive, signing, verify, versions
+from pipeline.errors import RecipeError, StageError
+from pipeline.hashing import DigestState, file_digests, list_files
 from pipeline.keys import tool_version
 
 if TYPE_CHECKING:
@@ -67,12 +70,14 @@ def publish(plan: Plan, results: dict[str, NodeResult], recipe_dir: Path,
              if results[node.name].status in ("ran", "cached")
              and (only is None or node.name in only)]
     names = bundle_names(plan)
+    keep = _keep_bundles(plan)
     with FileLock(recipe_dir / ".publish.lock"):
-        _recover(recipe_dir)
+        versions.recover(recipe_dir)
         for node in ready:
             key = signing.signing_key(node.publish)
             bundle = _assemble(plan, results, node, names[node.name], key)
             published[names[node.name]] = _write_bundle(recipe_dir, bundle, state, key)
+            versions.prune(recipe_dir, names[node.name], keep)
     return published
 
 
@@ -96,21 +101,19 @@ def bundle_names(plan: Plan) -> dict[str, str]:
 
 
 def check_signing(plan: Plan) -> None:
-    """Open every signing key the bundles need: a missing key fails before any stage runs."""
+    """Open every signing key the bundles need, and check ``run.keep_bundles``: a missing key
+    or a bad value fails before any stage runs."""
+    _keep_bundles(plan)
     for node in publishing(plan):
         signing.signing_key(node.publish)
 
 
-def _recover(recipe_dir: Path) -> None:
-    """Undo what a run killed mid-publish left: put a retired bundle back if none replaced it."""
-    for staging in recipe_dir.glob(".*.staging.*"):
-        shutil.rmtree(staging, ignore_errors=True)
-    for retired in recipe_dir.glob(".*.retired.*"):
-        final = recipe_dir / retired.name[1:].rsplit(".retired.", 1)[0]
-        if final.exists():
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(retired, final)
+def _keep_bundles(plan: Plan) -> int:
+    keep = plan.resolved["run"].get("keep_bundles", 3)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise RecipeError(f"run.keep_bundles is {keep!r}; expected a whole number of bundle "
+                          "versions to keep for rollback, at least 1 (the live one)")
+    return keep
 
 
 def _assemble(plan: Plan, results: dict[str, NodeResult], node: Node, name: str,
@@ -187,19 +190,36 @@ def _write_bundle(recipe_dir: Path, bundle: _Bundle, state: DigestState,
     final = recipe_dir / bundle.name
     if _unchanged(final, bundle.manifest, state, signed=key is not None):
         return final
-    # staged under its final name: model-signing records the folder name in the signature
-    holder = recipe_dir / f".{bundle.name}.staging.{os.getpid()}"
-    shutil.rmtree(holder, ignore_errors=True)
-    staging = holder / bundle.name
-    shutil.copytree(bundle.package, staging, copy_function=shutil.copyfile)
-    _check_staged(staging, bundle.manifest["files"])
-    (staging / MANIFEST).write_text(json.dumps(bundle.manifest, indent=2, sort_keys=True))
+    staged = versions.staging(recipe_dir, bundle.name)
+    # under its final name: model-signing records the folder name in the signature
+    folder = staged / bundle.name
+    shutil.copytree(bundle.package, folder, copy_function=shutil.copyfile)
+    _check_staged(folder, bundle.manifest["files"])
+    (folder / MANIFEST).write_text(json.dumps(bundle.manifest, indent=2, sort_keys=True))
     if key is not None:
-        signing.sign(staging, key)
-    _archive(staging, recipe_dir, bundle.name)
-    _swap(staging, final)
-    shutil.rmtree(holder, ignore_errors=True)
+        signing.sign(folder, key)
+    archive.write(folder, staged)
+    previous = versions.live(recipe_dir, bundle.name)
+    version = versions.commit(recipe_dir, bundle.name, staged)
+    versions.link(recipe_dir, bundle.name)
+    versions.switch(recipe_dir, bundle.name, version)
+    _verify_live(recipe_dir, bundle.name, version, previous)
     return final
+
+
+def _verify_live(recipe_dir: Path, name: str, version: str, previous: str | None) -> None:
+    """Re-read what went live; on a mismatch put the previous version back and fail."""
+    faults.point("publish.verify")
+    try:
+        verify.bundle(recipe_dir, name)
+    except verify.Mismatch as exc:
+        versions.switch(recipe_dir, name, previous)
+        versions.discard(recipe_dir, name, version)
+        restored = f"version {previous} is live again" if previous else "no bundle is live"
+        raise StageError(f"publishing '{name}': right after the switch to version {version}, "
+                         f"{exc}; the bundle was written wrong (disk or filesystem fault?), "
+                         f"so it was removed and {restored}. Re-run to publish it again."
+                         ) from None
 
 
 def _check_staged(staging: Path, files: dict[str, str]) -> None:
@@ -225,29 +245,6 @@ def _unchanged(final: Path, manifest: dict[str, Any], state: DigestState, signed
         return False
     on_disk.pop(MANIFEST, None)
     has_signature = on_disk.pop(signing.SIGNATURE_FILE, None) is not None
-    archive = final.with_name(f"{final.name}.tar.gz")
     return (existing == json.loads(json.dumps(manifest)) and on_disk == manifest["files"]
-            and has_signature == signed and archive.exists())
-
-
-def _archive(staging: Path, recipe_dir: Path, target: str) -> None:
-    archive = recipe_dir / f"{target}.tar.gz"
-    partial = archive.with_name(f".{archive.name}.{os.getpid()}.partial")
-    with tarfile.open(partial, "w:gz", compresslevel=6) as tar:
-        for path in sorted(staging.rglob("*")):
-            tar.add(path, arcname=f"{target}/{path.relative_to(staging).as_posix()}",
-                    recursive=False)
-    checksum = sha256_file(partial)
-    os.replace(partial, archive)
-    sidecar = archive.with_name(f"{archive.name}.sha256")
-    partial_sum = sidecar.with_name(f".{sidecar.name}.partial")
-    partial_sum.write_text(f"{checksum}  {archive.name}\n")
-    os.replace(partial_sum, sidecar)
-
-
-def _swap(staging: Path, final: Path) -> None:
-    retired = final.with_name(f".{final.name}.retired.{os.getpid()}")
-    if final.exists():
-        os.replace(final, retired)
-    os.replace(staging, final)
-    shutil.rmtree(retired, ignore_errors=True)
+            and has_signature == signed
+            and all(final.with_name(n).is_file() for n in archive.names(final.name)))

@@ -42,7 +42,7 @@ SIGNATURE_KEYS = ("inputs", "outputs", "opset", "ir_version")
 @stage("package", params=PackageParams, section=True, inputs=("model",),
        optional_inputs=("report",), reads=("target", "model.name", "model.inputs"),
        per_target=True, publishes=True, publish_params=("signing",),
-       tools=("onnx", "onnxruntime", "packaging", "numpy"), version=stage_version(3))
+       tools=("onnx", "onnxruntime", "packaging", "numpy"), version=stage_version(4))
 def package(ctx: StageContext) -> dict[str, Any]:
     """Fit the model to the target, report its coverage, write the bundle's files."""
     import onnx

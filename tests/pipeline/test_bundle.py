@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pipeline.bundle.publish import _Bundle, _recover, _write_bundle
+from pipeline.bundle import versions
+from pipeline.bundle.publish import _Bundle, _write_bundle
 from pipeline.errors import StageError
 from pipeline.hashing import DigestState
 from stages.package.device_files import requirements, runtime
@@ -27,13 +28,20 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_publish_recovers_a_bundle_retired_by_a_killed_run(tmp_path: Path) -> None:
+    """A run of the layout before versions, killed between its renames, left the last good
+    bundle aside: it is put back, and becomes the live version behind the stable paths."""
     retired = tmp_path / ".cpu.retired.4242"
     retired.mkdir()
     (retired / "model.onnx").write_text("last good")
+    (retired / "manifest.json").write_text('{"files": {"model.onnx": "x"}}')
     (tmp_path / ".cpu.staging.4242" / "cpu").mkdir(parents=True)
-    _recover(tmp_path)
+    (tmp_path / ".cpu.tar.gz.4242.partial").write_text("half an archive")
+    versions.recover(tmp_path)
     assert (tmp_path / "cpu" / "model.onnx").read_text() == "last good"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu"]
+    assert (tmp_path / "cpu").is_symlink()
+    assert versions.live(tmp_path, "cpu") == "000001"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".versions", "cpu", "cpu.tar.gz", "cpu.tar.gz.sha256"]
 
 
 def test_bundle_holds_model_providers_samples_requirements_and_checksums(published: Path) -> None:
@@ -117,3 +125,4 @@ def test_a_damaged_cache_entry_is_not_published(published: Path, tmp_path: Path)
     with pytest.raises(StageError, match=r"the files \['model.onnx'\] do not match"):
         _write_bundle(tmp_path / "recipe", bundle, DigestState(tmp_path / "state.json"), None)
     assert not (tmp_path / "recipe" / "cpu").exists()
+    assert versions.numbered(tmp_path / "recipe", "cpu") == []
