@@ -14,6 +14,7 @@ activations).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -44,6 +45,10 @@ def settings(cfg: Any, key: str) -> dict[str, Any]:
         raise RecipeError(f"{key}.int4.accuracy_level: expected 0-4 (1 fp32, 2 fp16, 3 bf16, "
                           f"4 int8) or null, got {level}.")
     hqq = int4.algorithm == "hqq"
+    if hqq and importlib.util.find_spec("torch") is None:
+        raise RecipeError(f"{key}.int4.algorithm=hqq: onnxruntime's HQQ runs in torch, which "
+                          "is not installed (pip install -e '.[torch]'); rtn and gptq need "
+                          "only onnxruntime.")
     if hqq and int4.symmetric:
         raise RecipeError(f"{key}.int4.symmetric: algorithm hqq fits float zero points per "
                           "block (asymmetric only); set symmetric: false or use rtn or gptq.")

@@ -156,6 +156,7 @@ quantize:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kl", [0.05, 1e-9], ids=["fair", "impossible"])
 def test_auto_scores_the_int4_candidate_on_a_token_model(tiny_lm: TinyLm, tmp_path: Path,
                                                          kl: float) -> None:
