@@ -10,6 +10,8 @@ GATES = {
     "min_sample_cosine": ("min_sample_cosine", False),
     "min_speedup": ("speedup", False),
     "max_abs_diff": ("max_abs_diff", True),
+    # language-model logits (batch, sequence, vocabulary) only: mean KL(FP32 || candidate)
+    "max_kl_divergence": ("kl_divergence", True),
     "max_cpu_fallback_nodes": ("cpu_fallback_nodes", True),
 }
 

@@ -18,6 +18,9 @@ Outputs = np.ndarray | list[np.ndarray]
 RTOL = 1e-3
 # the smallest absolute tolerance, relative to the largest expected output value
 ATOL_FLOOR = 1e-4
+# stacked outputs of (batch, sequence, vocabulary) models: sample, batch of 1, position, token
+SEQUENCE_LOGITS = 4
+MASK = "attention_mask"
 
 
 def first_outputs(arrays: dict[str, np.ndarray], role: str) -> Outputs:
@@ -36,10 +39,17 @@ def nonfinite(outputs: Outputs) -> list[int]:
             if np.issubdtype(sample.dtype, np.inexact) and not np.isfinite(sample).all()]
 
 
-def agreement(candidate: Outputs, reference: Outputs) -> dict[str, float]:
-    """Top-1 agreement, mean and lowest per-sample cosine, max abs diff (axis 0 = sample)."""
+def agreement(candidate: Outputs, reference: Outputs,
+              mask: Outputs | None = None) -> dict[str, float]:
+    """Top-1 agreement, mean and lowest per-sample cosine, max abs diff (axis 0 = sample).
+
+    Outputs shaped (batch, sequence, vocabulary), a language model's logits, are compared per
+    token position: top-1 is the next token's agreement and ``kl_divergence`` the mean over
+    positions of KL(softmax FP32 || softmax candidate). ``mask`` (``token_mask``) leaves the
+    padding positions out of both.
+    """
     if isinstance(candidate, list) or isinstance(reference, list):
-        return _agreement_per_sample(list(candidate), list(reference))
+        return _agreement_per_sample(list(candidate), list(reference), mask)
     candidate, reference = candidate.astype(np.float64), reference.astype(np.float64)
     flat_c = candidate.reshape(len(candidate), -1)
     flat_r = reference.reshape(len(reference), -1)
@@ -48,27 +58,71 @@ def agreement(candidate: Outputs, reference: Outputs) -> dict[str, float]:
     dots = np.einsum("ij,ij->i", flat_c, flat_r)
     cosine = np.where(norms == 0, np.all(flat_c == flat_r, axis=1), dots / np.maximum(
         norms, np.finfo(np.float64).tiny))
-    return {
-        "top1_agreement": float(np.mean(candidate.argmax(-1) == reference.argmax(-1))),
+    hits = candidate.argmax(-1) == reference.argmax(-1)
+    found = {
+        "top1_agreement": float(np.mean(hits)),
         "mean_cosine": float(np.mean(cosine)),
         "min_sample_cosine": float(np.min(cosine)),
         "max_abs_diff": float(np.max(np.abs(candidate - reference))),
     }
+    if candidate.ndim == SEQUENCE_LOGITS:
+        weights = np.ones(hits.shape) if mask is None else np.asarray(mask, np.float64)
+        counted = max(float(weights.sum()), 1.0)  # an all-padding batch counts nothing
+        found["top1_agreement"] = float(np.sum(hits * weights) / counted)
+        found["kl_divergence"] = float(np.sum(kl_divergence(reference, candidate) * weights)
+                                       / counted)
+    return found
 
 
-def _agreement_per_sample(candidate: list[np.ndarray],
-                          reference: list[np.ndarray]) -> dict[str, float]:
+def kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL(softmax(reference) || softmax(candidate)) over the last axis, per position (float64,
+    from log-softmax, so large logits neither overflow nor lose the tails)."""
+    def log_softmax(logits: np.ndarray) -> np.ndarray:
+        shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+    return np.stack([  # one sample at a time: samples x positions x vocabulary is large
+        np.sum(np.exp(p) * (p - q), axis=-1)
+        for p, q in ((log_softmax(r), log_softmax(c)) for r, c in zip(reference, candidate,
+                                                                        strict=True))])
+
+
+def token_mask(feeds: list[Feed], outputs: Outputs) -> Outputs | None:
+    """Each sample's ``attention_mask`` where it lines up with the outputs' token positions
+    (language-model logits), else None: 1 counts a position, 0 (padding) leaves it out."""
+    if not feeds or MASK not in feeds[0]:
+        return None
+    masks = [feed[MASK] for feed in feeds]
+    if isinstance(outputs, list):
+        fits = all(m.shape == o.shape[:-1] for m, o in zip(masks, outputs, strict=True))
+        return masks if fits and outputs[0].ndim == SEQUENCE_LOGITS - 1 else None
+    if len({m.shape for m in masks}) != 1 or outputs.ndim != SEQUENCE_LOGITS:
+        return None
+    stacked = np.stack(masks)
+    return stacked if stacked.shape == outputs.shape[:-1] else None
+
+
+def _agreement_per_sample(candidate: list[np.ndarray], reference: list[np.ndarray],
+                          masks: list[np.ndarray] | None) -> dict[str, float]:
     """``agreement`` of outputs whose shapes differ by sample (sequences of different lengths):
     each sample alone, then combined as one stacked batch would be (top-1 over every row)."""
-    rows = [agreement(c[None], r[None]) for c, r in zip(candidate, reference, strict=True)]
-    positions = [c[..., 0].size for c in candidate]  # how many argmax rows each sample has
-    return {
+    masks = masks or [None] * len(candidate)
+    rows = [agreement(c[None], r[None], None if m is None else m[None])
+            for c, r, m in zip(candidate, reference, masks, strict=True)]
+    # how many argmax rows (unmasked positions) each sample has
+    positions = [c[..., 0].size if m is None else max(float(np.sum(m)), 1.0)
+                 for c, m in zip(candidate, masks, strict=True)]
+    found = {
         "top1_agreement": float(np.average([r["top1_agreement"] for r in rows],
                                            weights=positions)),
         "mean_cosine": float(np.mean([r["mean_cosine"] for r in rows])),
         "min_sample_cosine": min(r["min_sample_cosine"] for r in rows),
         "max_abs_diff": max(r["max_abs_diff"] for r in rows),
     }
+    if "kl_divergence" in rows[0]:
+        found["kl_divergence"] = float(np.average([r["kl_divergence"] for r in rows],
+                                                  weights=positions))
+    return found
 
 
 def accuracy(candidate: Outputs, reference: Outputs,

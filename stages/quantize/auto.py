@@ -37,6 +37,7 @@ TIE = 0.05
 
 def choose(ctx: StageContext) -> dict[str, Any]:
     """Measure the candidates, copy the winner (or FP32) into ``ctx.out``; the summary."""
+    from stages.common import metrics
     from stages.common.datasets.splits import load_dataset
 
     params = ctx.params.auto
@@ -48,7 +49,9 @@ def choose(ctx: StageContext) -> dict[str, Any]:
     labels = None if split.labels is None else split.labels[:len(feeds)]
     ctx.report(f"scoring {len(models) - 1} candidates on {len(feeds)} samples")
     runs = run_models(ctx, models, feeds)
-    rows = [_row(name, models[name], runs, labels, params) for name in models if name != FP32]
+    mask = metrics.token_mask(feeds, runs.outputs[FP32])
+    rows = [_row(name, models[name], runs, _fidelity(runs, name, labels, mask), params)
+            for name in models if name != FP32]
     rows += [_lost(slot.removeprefix(VARIANT), why) for slot, why in ctx.lost.items()]
     winner = _winner(rows, runs.on_target_ep)
     fallback = None if winner else _fallback_reason(rows, params, runs)
@@ -64,12 +67,17 @@ def choose(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def _row(name: str, directory: Path, runs: Any, labels: Any, params: Any) -> dict[str, Any]:
+def _fidelity(runs: Any, name: str, labels: Any, mask: Any) -> dict[str, Any]:
+    """Validate's metrics of candidate ``name`` against FP32 (padding left out by ``mask``)."""
     from stages.common import metrics
 
     candidate, reference = runs.outputs[name], runs.outputs[FP32]
-    fidelity = metrics.agreement(candidate, reference) | metrics.accuracy(candidate, reference,
-                                                                         labels)
+    return metrics.agreement(candidate, reference, mask) | metrics.accuracy(
+        candidate, reference, labels)
+
+
+def _row(name: str, directory: Path, runs: Any, fidelity: dict[str, Any],
+         params: Any) -> dict[str, Any]:
     failed = [_gate_line(gate, fidelity, params.gates) for gate in params.gates
               if _fails(gate, fidelity, params.gates)]
     speedup = runs.p50_ms[FP32] / max(runs.p50_ms[name], 1e-9)

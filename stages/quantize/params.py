@@ -17,6 +17,7 @@ class QuantMode(Enum):
     static = "static"
     fp16 = "fp16"
     qat = "qat"
+    int4 = "int4"  # weight-only, block-wise, MatMulNBits (stages/quantize/int4.py)
 
 
 class QuantFormat(Enum):
@@ -87,6 +88,8 @@ class AutoGates:
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None  # needs labels
     max_abs_diff: float | None = None
+    # language-model logits (batch, sequence, vocabulary): mean KL(FP32 || candidate) per token
+    max_kl_divergence: float | None = None
 
 
 @dataclass
@@ -111,6 +114,36 @@ class AutoParams:
     rounds: int = at_least(1, 3)
     latency_runs: int = at_least(1, 20)
     warmup_runs: int = at_least(0, 3)
+
+
+class Int4Algorithm(Enum):
+    rtn = "rtn"  # round to nearest, per block (onnxruntime's C++ kernel)
+    hqq = "hqq"  # half-quadratic: fits scales and float zero points per block, no data (torch)
+    gptq = "gptq"  # fits the rounding to the calibration split's activations
+
+
+class Int4ThenInt8(Enum):
+    none = "none"
+    # dynamic INT8 of the weights INT4 left float: excluded MatMuls, Gather embeddings, Gemm
+    dynamic = "dynamic"
+
+
+@dataclass
+class Int4Params:
+    """mode=int4: MatMul weights to 4 bits in blocks along K (onnxruntime's MatMulNBits)."""
+
+    algorithm: Int4Algorithm = Int4Algorithm.rtn
+    # weights per scale (a power of two, at least 16); smaller keeps more precision, more scales
+    block_size: int = 32
+    # rtn/gptq: zero points of 0; on MiniLM asymmetric RTN was both closer to FP32 (min cosine
+    # 0.966 vs 0.963) and faster (12.4 vs 16.9 ms). hqq always fits float zero points
+    symmetric: bool = False
+    # MatMulNBits' compute type: 0/null unset (fp32), 1 fp32, 2 fp16, 3 bf16, 4 int8 activations
+    # (the fastest on x86: 12.4 vs 13.8 ms on MiniLM). rtn/gptq only
+    accuracy_level: int | None = 4
+    # MatMul node names or full-match regexes kept out of INT4 (float, or INT8 with then_int8)
+    nodes_to_exclude: list[str] = field(default_factory=list)
+    then_int8: Int4ThenInt8 = Int4ThenInt8.none
 
 
 class QatLoss(Enum):
@@ -162,3 +195,4 @@ class QuantizeParams:
     search: QuantSearchParams = field(default_factory=QuantSearchParams)
     auto: AutoParams = field(default_factory=AutoParams)
     qat: QatParams = field(default_factory=QatParams)
+    int4: Int4Params = field(default_factory=Int4Params)

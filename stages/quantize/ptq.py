@@ -59,14 +59,15 @@ def settings(cfg: Any, key: str = "quantize") -> dict[str, Any]:
               "op_types_to_quantize": _op_types(cfg, key),
               "nodes_to_exclude": list(cfg.nodes_to_exclude),
               "pre_process": bool(cfg.pre_process)}
+    if mode == "int4":
+        from stages.quantize import int4
+
+        chosen = int4.settings(cfg, key)
+        dynamic = _dynamic_knobs(cfg, key, common) if chosen["then_int8"] == "dynamic" else {}
+        return {"mode": mode, "int4": chosen, "nodes_to_exclude": common["nodes_to_exclude"],
+                "pre_process": common["pre_process"], **dynamic}
     if mode == "dynamic":
-        # DynamicQuantizeLinear makes uint8 activations, and ConvInteger/MatInteger take 8 bits
-        for name in ("activation_type", "weight_type"):
-            if cfg[name] in SIXTEEN_BIT:
-                raise RecipeError(f"{key}.{name}={cfg[name]}: mode=dynamic quantizes to 8 bits "
-                                  "only (ORT's integer kernels); use mode=static with "
-                                  "format=qdq for 16-bit types.")
-        return common
+        return _dynamic_knobs(cfg, key, common)
     _check_static(cfg, key)
     calibration = {"calibration_method": cfg.calibration.method,
                    "calibration_samples": int(cfg.calibration.samples),
@@ -76,6 +77,16 @@ def settings(cfg: Any, key: str = "quantize") -> dict[str, Any]:
     return {**common, "format": cfg.format, "activation_type": cfg.activation_type,
             "activation_symmetric": bool(cfg.activation_symmetric),
             "minimum_real_range": cfg.minimum_real_range, **calibration}
+
+
+def _dynamic_knobs(cfg: Any, key: str, common: dict[str, Any]) -> dict[str, Any]:
+    # DynamicQuantizeLinear makes uint8 activations, and ConvInteger/MatInteger take 8 bits
+    for name in ("activation_type", "weight_type"):
+        if cfg[name] in SIXTEEN_BIT:
+            raise RecipeError(f"{key}.{name}={cfg[name]}: mode={cfg.mode} quantizes to 8 bits "
+                              "only (ORT's integer kernels); use mode=static with "
+                              "format=qdq for 16-bit types.")
+    return common
 
 
 def _check_static(cfg: Any, key: str) -> None:
@@ -105,7 +116,7 @@ def _op_types(cfg: Any, key: str) -> list[str]:
     )
 
     wanted = list(cfg.op_types_to_quantize)
-    known = set(IntegerOpsRegistry) if cfg.mode == "dynamic" else {
+    known = set(IntegerOpsRegistry) if cfg.mode in ("dynamic", "int4") else {
         *QLinearOpsRegistry, *QDQRegistry}
     unknown = [op for op in wanted if op not in known]
     if unknown:
@@ -148,6 +159,10 @@ class Quantizer:
             return settings
         names = self.node_names(settings["pre_process"])
         resolved = match_nodes(settings["nodes_to_exclude"], names, f"{key}.nodes_to_exclude")
+        if settings["mode"] == "int4":
+            kept = match_nodes(settings["int4"]["nodes_to_exclude"], names,
+                               f"{key}.int4.nodes_to_exclude")
+            settings = {**settings, "int4": {**settings["int4"], "nodes_to_exclude": kept}}
         return {**settings, "nodes_to_exclude": resolved}
 
     def build(self, settings: dict[str, Any], out: Path) -> float:
@@ -162,21 +177,41 @@ class Quantizer:
         with tempfile.TemporaryDirectory(prefix="edgekiln-quantize-", dir=self.workdir) as tmp:
             target = Path(tmp) / onnx_files.MODEL_FILE
             started = time.perf_counter()
-            self._run_ort(settings, target)
+            if settings["mode"] == "int4":
+                self._int4(settings, target)
+            else:
+                self._run_ort(settings, target)
             seconds = time.perf_counter() - started
             # ORT names external data after its own file and keeps it even for a now-small model
             onnx_files.save_model(onnx_files.load_model(target), out)
         return seconds
 
-    def _run_ort(self, settings: dict[str, Any], target: Path) -> None:
+    def _int4(self, settings: dict[str, Any], target: Path) -> None:
+        """INT4 MatMul weights, then (int4.then_int8) dynamic INT8 of what stayed float."""
+        from stages.quantize import int4
+
+        chosen = settings["int4"]
+        exclude = sorted({*settings["nodes_to_exclude"], *chosen["nodes_to_exclude"]})
+        weights_only = target.parent / "int4" / onnx_files.MODEL_FILE
+        int4.quantize_weights(self.prepared(settings["pre_process"]), chosen, exclude,
+                              self.feeds, weights_only)
+        if chosen["then_int8"] == "none":
+            onnx_files.copy_model(weights_only.parent, target.parent)
+            return
+        # the float MatMuls keep their names, so the top-level exclusions still name them
+        self._run_ort({**settings, "mode": "dynamic"}, target, weights_only)
+
+    def _run_ort(self, settings: dict[str, Any], target: Path, source: Path | None = None
+                 ) -> None:
         import onnxruntime.quantization as ortq
 
         common = {"per_channel": settings["per_channel"], "reduce_range": settings["reduce_range"],
                   "weight_type": getattr(ortq.QuantType, TYPES[settings["weight_type"]]),
                   "op_types_to_quantize": settings["op_types_to_quantize"] or None,
                   "nodes_to_exclude": settings["nodes_to_exclude"],
-                  "use_external_data_format": self.large}
-        prepared = str(self.prepared(settings["pre_process"]))
+                  "use_external_data_format": self.large or bool(
+                      source and onnx_files.external_data_files(source))}
+        prepared = str(source or self.prepared(settings["pre_process"]))
         if settings["mode"] == "dynamic":
             ortq.quantize_dynamic(prepared, str(target), **common, extra_options={
                 "WeightSymmetric": settings["weight_symmetric"]})

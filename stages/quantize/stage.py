@@ -1,4 +1,5 @@
-"""Stage ``quantize``: per-target precision reduction (dynamic/static INT8, A16W8, FP16).
+"""Stage ``quantize``: per-target precision reduction (dynamic/static INT8, A16W8, FP16, INT4
+weight-only).
 
 Static quantization calibrates activation ranges on the recipe's dataset; the samples come in
 a fixed order from a seeded split, so the same recipe yields the same model bytes. With
@@ -124,7 +125,8 @@ def _ptq(ctx: StageContext, work: Path) -> Outcome:
                           "within quantize.accuracy_budget; set max_accuracy_drop or "
                           "min_agreement or min_sample_cosine.")
     static = any(s["mode"] == "static" for _, s, _ in variants)
-    data = _dataset(ctx) if static or aware else None
+    gptq = any(s.get("int4", {}).get("algorithm") == "gptq" for _, s, _ in variants)
+    data = _dataset(ctx) if static or gptq or aware else None
     feeds = data.calibration.feeds if data else []
     if static and not feeds:
         raise RecipeError("quantize: static mode needs calibration samples; the dataset's "
@@ -139,6 +141,10 @@ def _ptq(ctx: StageContext, work: Path) -> Outcome:
                        f"({settings['calibration_method']})")
         seconds = quantizer.build(settings, work / "model")
         timing = {"calibration_seconds": round(seconds, 3)} if settings["mode"] == "static" else {}
+        if settings["mode"] == "int4":
+            from stages.quantize import int4
+
+            timing["int4_figures"] = int4.figures(ctx.inputs["model"], work / "model")
         return Outcome(work / "model", settings, timing)
     return _aware(ctx, quantizer, variants, data)
 

@@ -18,6 +18,9 @@ class GatesParams:
     # candidate p50 speedup over the FP32 reference on the validating EP (1.0 = as fast)
     min_speedup: float | None = None
     max_abs_diff: float | None = None
+    # mean over token positions of KL(softmax FP32 || softmax candidate), for outputs shaped
+    # (batch, sequence, vocabulary); padding (attention_mask 0) does not count
+    max_kl_divergence: float | None = None
     # nodes the target's first-choice EP leaves to the CPU EP (0 = none); measured only where
     # that EP runs here
     max_cpu_fallback_nodes: int | None = at_least(0, None)

@@ -69,7 +69,8 @@ def validate(ctx: StageContext) -> dict[str, Any]:
     cand, ref = (metrics.first_outputs(measured, role) for role in ("candidate", "reference"))
     _check_finite(measured, cand, ref, split.ids, ctx.target)
     report |= {"evaluation_samples": len(feeds)}
-    report |= metrics.agreement(cand, ref) | metrics.accuracy(cand, ref, labels)
+    report |= metrics.agreement(cand, ref, metrics.token_mask(feeds, cand))
+    report |= metrics.accuracy(cand, ref, labels)
     report["size_bytes"] = {"candidate": model_size(ctx.inputs["candidate"]),
                             "reference": model_size(ctx.inputs["reference"])}
     if not report["validated_on_target_ep"]:
@@ -309,7 +310,12 @@ def _check_gates(gates: Any, report: dict[str, Any], target: str | None) -> list
         threshold = gates.get(gate)
         if threshold is None:
             continue
-        measured = report[metric]
+        measured = report.get(metric)
+        if measured is None and metric == "kl_divergence":
+            raise RecipeError(f"target '{target}': validate.gates.{gate} compares next-token "
+                              "distributions, so the model's first output must be logits "
+                              "shaped (batch, sequence, vocabulary); remove the gate for "
+                              "this model.")
         if measured is None:  # only placement can be unmeasurable: the target EP did not run
             results.append({"gate": gate, "threshold": threshold, "measured": None,
                             "passed": None, "skipped": report["not_validated_reason"]})

@@ -62,7 +62,8 @@ def test_changing_the_choice_keeps_every_candidate_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("target", "inputs", "expected"), [
     pytest.param("x86_cpu", "float32", ["static", "static_per_tensor"], id="cpu-images"),
-    pytest.param("x86_cpu", "int64", ["dynamic", "dynamic_matmul", "static_matmul", "static"],
+    pytest.param("x86_cpu", "int64",
+                 ["dynamic", "dynamic_matmul", "static_matmul", "static", "int4_rtn"],
                  id="cpu-tokens"),
     pytest.param("jetson_orin", "float32", ["static"], id="tensorrt"),
 ])
