@@ -1,0 +1,64 @@
+"""The machine's side of a run: directories it must write, and OSErrors that are the machine's.
+
+A read-only or full artifacts or cache directory is an ``EnvironmentProblem`` (exit 5) naming
+the path, found before any stage runs where possible, and an ENOSPC/EROFS/EACCES raised later
+becomes one too instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING
+
+from pipeline.errors import EnvironmentProblem
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# what a run needs at least to start: an ONNX model of the zoo and its bundle fit in this
+MIN_FREE_MB = 64
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def writable_problem(directory: Path, what: str) -> EnvironmentProblem | None:
+    """Why ``directory`` (created if missing) cannot take a run's files, or None if it can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".edgekiln-preflight-") as probe:
+            probe.write(b"edgekiln checks it can write here\n")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return EnvironmentProblem(f"{what} {directory} is not writable: "
+                                  f"{exc.strerror or exc}; make it writable or point "
+                                  f"{_key(what)} at a writable directory")
+    return None
+
+
+def space_problem(directory: Path, what: str, min_free_mb: float) -> EnvironmentProblem | None:
+    free_mb = shutil.disk_usage(directory).free / 2**20
+    if free_mb >= min_free_mb:
+        return None
+    return EnvironmentProblem(f"{what} {directory} has {free_mb:.1f} MiB free, a run needs at "
+                              f"least {min_free_mb:g} MiB (run.min_free_mb); free some space "
+                              f"or point {_key(what)} elsewhere")
+
+
+def machine_problem(exc: OSError) -> EnvironmentProblem | None:
+    """The EnvironmentProblem an OSError stands for (disk full, read-only, denied), else None."""
+    if exc.errno not in _MACHINE_ERRNOS:
+        return None
+    path = exc.filename if exc.filename is not None else "a file of the run"
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    problem = EnvironmentProblem(f"{path}: {exc.strerror} ({name}); a run writes under "
+                                 "run.artifacts_dir and run.cache_dir: free space or fix "
+                                 "their permissions")
+    problem.__cause__ = exc
+    return problem
+
+
+def _key(what: str) -> str:
+    return "run.cache_dir" if "cache" in what else "run.artifacts_dir"
