@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from typing import TYPE_CHECKING
@@ -47,17 +48,32 @@ def space_problem(directory: Path, what: str, min_free_mb: float) -> Environment
                               f"or point {_key(what)} elsewhere")
 
 
-def machine_problem(exc: OSError) -> EnvironmentProblem | None:
-    """The EnvironmentProblem an OSError stands for (disk full, read-only, denied), else None."""
-    if exc.errno not in _MACHINE_ERRNOS:
+def machine_problem(exc: OSError, where: Path | None = None) -> EnvironmentProblem | None:
+    """The EnvironmentProblem an OSError stands for (disk full, read-only, denied), else None.
+
+    ``where`` names the directory being written when the error has no file name (a library's
+    own write, such as torch's export).
+    """
+    code, path = exc.errno, exc.filename or where
+    if isinstance(exc, shutil.Error) and code is None:  # copytree: (src, dst, why) per file
+        code, path = _first_copy_failure(exc)
+    if code not in _MACHINE_ERRNOS:
         return None
-    path = exc.filename if exc.filename is not None else "a file of the run"
-    name = errno.errorcode.get(exc.errno, str(exc.errno))
-    problem = EnvironmentProblem(f"{path}: {exc.strerror} ({name}); a run writes under "
+    path = path if path is not None else "a file under run.artifacts_dir or run.cache_dir"
+    name = errno.errorcode.get(code, str(code))
+    problem = EnvironmentProblem(f"{path}: {os.strerror(code)} ({name}); a run writes under "
                                  "run.artifacts_dir and run.cache_dir: free space or fix "
                                  "their permissions")
     problem.__cause__ = exc
     return problem
+
+
+def _first_copy_failure(exc: shutil.Error) -> tuple[int | None, str | None]:
+    for failure in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        match = re.search(r"\[Errno (\d+)\]", str(failure[-1]))
+        if match and int(match.group(1)) in _MACHINE_ERRNOS:
+            return int(match.group(1)), str(failure[1])
+    return None, None
 
 
 def _key(what: str) -> str:

@@ -142,6 +142,8 @@ class RunConfig:
     artifacts_dir: str = "artifacts"
     cache_dir: str = "${run.artifacts_dir}/.cache"
     progress: bool = True
+    # a run refuses to start (exit 5) with less free space than this in either directory
+    min_free_mb: float = 64
 
 
 @dataclass
