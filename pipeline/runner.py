@@ -54,14 +54,15 @@ def run_recipe(cfg: DictConfig, console: Console | None = None,
     try:
         record = _publish_and_log(the_plan, results, cache, recipe_dir, finish)
     except (OSError, PipelineError) as exc:
-        late = machine_problem(exc) if isinstance(exc, OSError) else exc
-        if late is None:
+        problem = machine_problem(exc) if isinstance(exc, OSError) else None
+        if not errors and problem is None:
             raise
         if not errors:
-            raise late from exc
+            raise problem from exc
         # the stage's own error is the one to act on; a full disk afterwards is a consequence
-        console.print(f"[yellow]after the stage error, publishing also failed: {late}")
-        raise _first_or_all_gates(errors) from None
+        console.print(f"[yellow]after the stage error, publishing also failed: "
+                      f"{problem or exc}")
+        raise _first_or_all_gates(errors) from exc
     verdict = "ok" if record["ok"] else "FAILED"
     console.print(summary_table(results, f"{the_plan.recipe}: {verdict}"))
     if record["bundles_summary"]:

@@ -122,3 +122,19 @@ def test_read_only_cache_serves_a_cached_run_and_refuses_a_build(
     republish = run_cli("recipe=digits_torch", f"run.artifacts_dir={shared}")
     assert republish.code == 5, republish.stderr
     assert str(shared) in _one_error_line(republish.stderr)
+
+
+def test_a_failure_after_the_stage_error_does_not_replace_it(tmp_path: Path) -> None:
+    import torch
+
+    checkpoint = tmp_path / "whole_module.pt"
+    torch.save(torch.nn.Linear(2, 2), checkpoint)  # refused by export: exit 3
+    cache = tmp_path / "cache"
+    (cache / "state.json").mkdir(parents=True)  # saving the digest memo then fails
+    result = run_cli("recipe=digits_torch", f"run.artifacts_dir={tmp_path / 'a'}",
+                     f"run.cache_dir={cache}", f"model.checkpoint={checkpoint}")
+    assert result.code == 3, result.stderr
+    line = _one_error_line(result.stderr)
+    assert "weights_only" in line
+    assert "publishing also failed" in result.stderr
+    assert [p.name for p in cache.iterdir() if p.name.startswith("state.json")] == ["state.json"]
