@@ -26,9 +26,23 @@ _NOISE = re.compile(r"^\s*(reference_type|object_type)=|^Config search path:|"
 
 def recipe_error(exc: BaseException, search_path: list[Path]) -> RecipeError | None:
     """The RecipeError that ``exc``, raised while composing a recipe, stands for, else None."""
-    import yaml
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(exc, HydraException | OmegaConfBaseException):
+        return _file_error(exc)
+    # what Hydra itself prints: its message, and the OmegaConf error under it
+    text = str(exc)
+    if isinstance(exc.__cause__, OmegaConfBaseException):
+        text += "\n" + str(exc.__cause__)
+    if isinstance(exc, OverrideParseException):
+        text = f"the override '{exc.override}': {text}"
+    return RecipeError(one_paragraph(text) + suggestion(text, search_path))
+
+
+def _file_error(exc: BaseException) -> RecipeError | None:
+    """A recipe file Hydra could not read or load: YAML, encoding, self-reference, defaults."""
+    import yaml
 
     for cause in _chain(exc):
         if isinstance(cause, yaml.MarkedYAMLError):
@@ -40,15 +54,11 @@ def recipe_error(exc: BaseException, search_path: list[Path]) -> RecipeError | N
                            "(x: &a [*a]) or an interpolation that leads back to its key")
     if isinstance(exc, UnicodeDecodeError):
         return RecipeError(f"a recipe file is not UTF-8 text: {exc}")
-    if not isinstance(exc, HydraException | OmegaConfBaseException):
-        return None
-    # what Hydra itself prints: its message, and the OmegaConf error under it
-    text = str(exc)
-    if isinstance(exc.__cause__, OmegaConfBaseException):
-        text += "\n" + str(exc.__cause__)
-    if isinstance(exc, OverrideParseException):
-        text = f"the override '{exc.override}': {text}"
-    return RecipeError(one_paragraph(text) + suggestion(text, search_path))
+    # Hydra checks a defaults list with plain ValueErrors ("defaults must be a list")
+    if isinstance(exc, ValueError | TypeError) and _raised_in(exc, ("hydra.", "omegaconf.")):
+        return RecipeError(f"{one_paragraph(str(exc))} (in the recipe's defaults list or a "
+                           "config it loads)")
+    return None
 
 
 def yaml_message(exc: MarkedYAMLError) -> str:
@@ -88,6 +98,14 @@ def one_paragraph(text: str) -> str:
 
 def _place(mark: Mark) -> str:
     return f"{mark.name}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in one of ``packages``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith(packages)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

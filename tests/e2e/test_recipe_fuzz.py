@@ -52,7 +52,10 @@ def test_the_valid_base_of_the_fuzz_plans(tmp_path: Path) -> None:
     ("model: !!python/object/apply:os.system ['true']\n", "fuzz.yaml:2:8:",
      "tags such as !!python/object are not allowed"),
     ("x: &a [*a]\n", "", "the recipe refers to itself"),
-], ids=["syntax", "duplicate-key", "python-tag", "self-alias"])
+    ("defaults: 7\n", "", "defaults must be a list (got int)"),
+    ("defaults:\n  - true\n", "", "Unsupported type in defaults"),
+], ids=["syntax", "duplicate-key", "python-tag", "self-alias", "defaults-int",
+        "defaults-bool"])
 def test_yaml_errors_are_one_line_with_file_line_column(tmp_path: Path, text: str,
                                                         where: str, problem: str) -> None:
     """A real subprocess of the CLI, as a user runs it."""
