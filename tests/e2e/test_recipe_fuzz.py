@@ -77,3 +77,16 @@ def test_a_broken_group_file_is_named(tmp_path: Path) -> None:
     assert result.code == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"{tmp_path / 'recipes' / 'model' / 'fuzzgroup.yaml'}:3:1:" in result.stderr
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('targets: "abc"\n', "targets: expected a mapping (targets.<name>: ...), got str 'abc'."),
+    ("stages: x\n", "stages: expected a mapping (stages.<name>: ...), got str 'x'."),
+    ("defaults: 7\n", "defaults must be a list (got int)"),
+], ids=["targets-string", "stages-string", "defaults-int"])
+def test_what_the_fuzz_found_is_a_recipe_error(tmp_path: Path, body: str, message: str) -> None:
+    recipe = body if body.startswith("defaults") else VALID + body
+    outcome = cli_outcome(write_example(tmp_path, Example(recipe, [])), tmp_path)
+    assert outcome.code == 2, (outcome.crash, outcome.stderr)
+    assert is_clean(outcome)
+    assert message in outcome.stderr
