@@ -126,7 +126,11 @@ def _answered_without_hydra(args: list[str]) -> bool:
     if args[:1] == ["nightly"]:
         from pipeline.nightly.cli import main as nightly
 
-        sys.exit(nightly(args[1:]))
+        signals.install()
+        try:
+            sys.exit(nightly(args[1:]))
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
     if {"-h", "--help"} & set(args) and not any(a.startswith("recipe=") for a in args):
         print(USAGE)
         return True
