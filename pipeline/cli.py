@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import hydra
 from hydra.core.config_store import ConfigStore
 
+from pipeline import signals
+from pipeline.composition import recipe_error
+from pipeline.environment import machine_problem
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.registry import load_kinds
 from pipeline.schema import recipe_schema
@@ -121,7 +126,11 @@ def _answered_without_hydra(args: list[str]) -> bool:
     if args[:1] == ["nightly"]:
         from pipeline.nightly.cli import main as nightly
 
-        sys.exit(nightly(args[1:]))
+        signals.install()
+        try:
+            sys.exit(nightly(args[1:]))
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
     if {"-h", "--help"} & set(args) and not any(a.startswith("recipe=") for a in args):
         print(USAGE)
         return True
@@ -141,7 +150,7 @@ def main() -> None:
         return
     if "--verbose" in args:
         args.remove("--verbose")
-        os.environ["PIPELINE_FULL_ERROR"] = os.environ["HYDRA_FULL_ERROR"] = "1"
+        os.environ["PIPELINE_FULL_ERROR"] = "1"
     sys.argv = [sys.argv[0], *_options_last(args)]
     try:
         register_primary_config()  # loads the stage kinds: a broken plugin fails here
@@ -152,6 +161,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     if not {"-m", "--multirun"} & set(args):
         _skip_mode_probe()
+    signals.install()
+    _run_hydra_app()
+
+
+def _run_hydra_app() -> None:
+    # Hydra then raises what fails instead of printing it (a YAML error as a PyYAML traceback)
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.stderr = tee = Tee(sys.stderr)
     try:
         _app()
@@ -163,6 +179,43 @@ def main() -> None:
                 print(hint, file=sys.stderr)
             sys.exit(RecipeError.exit_code)
         raise
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    except Exception as exc:
+        problem = _known_failure(exc)
+        if problem is None:
+            raise  # a bug: keep its traceback
+        if _verbose():
+            traceback.print_exc()
+        print(f"edgekiln: {problem.label}: {problem}", file=sys.stderr)
+        sys.exit(problem.exit_code)
     finally:
         sys.stderr = tee.stream
         logging.shutdown()
+
+
+def _known_failure(exc: Exception) -> PipelineError | None:
+    """The one-paragraph error an exception that escaped Hydra stands for, None for a bug."""
+    if isinstance(exc, PipelineError):
+        return exc
+    if isinstance(exc, OSError) and (problem := machine_problem(exc)) is not None:
+        return problem
+    return recipe_error(exc, search_path())
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """One line and exit 128+signal; builds under way were discarded by the executor."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not add a traceback
+        signal.signal(signum, signal.SIG_IGN)
+    signum = signals.signal_number(exc)
+    print(f"edgekiln: interrupted ({signal.Signals(signum).name}); builds in progress were "
+          "discarded, nothing half-built is cached", file=sys.stderr)
+    code = 128 + signum
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        # a worker still inside a stage (torch's export cannot be interrupted) would keep the
+        # interpreter from exiting until it finishes: its staging directory is already gone
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)

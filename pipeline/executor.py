@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from omegaconf import OmegaConf
 
 from pipeline import imports
+from pipeline.environment import machine_problem
 from pipeline.errors import GateError, InputError, PipelineError, StageError
 from pipeline.hashing import fingerprint
+from pipeline.inflight import InFlight
 from pipeline.keys import cache_key, key_payload, source_location
 from pipeline.registry import StageContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipeline.cache import Cache, Entry
     from pipeline.plan import Node, Plan
 
@@ -55,29 +59,41 @@ def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, Node
     """Execute ``plan``; returns one result per node, in plan order."""
     runner = _Runner(plan, cache, display)
     pending = dict(plan.nodes)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        running: dict[Future[NodeResult], str] = {}
-        while pending or running:
-            _skip_blocked(pending, runner.results, display)
-            for name in [] if _halted(runner.results) else _ready(pending, runner.results):
-                node = pending[name]
-                busy = [plan.nodes[n] for n in running.values()]
-                if len(busy) >= jobs or _must_wait(node, busy):
-                    break
-                del pending[name]
-                display.started(node)
-                running[pool.submit(runner.run_node, node)] = name
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                result = future.result()
-                runner.results[running.pop(future)] = result
-                display.finished(result)
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        _schedule(runner, pending, pool, jobs)
+    except BaseException:  # Ctrl-C, SIGTERM: nothing new starts, builds under way are dropped
+        pool.shutdown(wait=False, cancel_futures=True)
+        for staged in runner.inflight.stop():
+            cache.discard(staged)
+        raise
+    pool.shutdown()
     for name, node in pending.items():
         runner.results[name] = NodeResult(node, "skipped")
         display.finished(runner.results[name])
     return {name: runner.results[name] for name in plan.nodes}
+
+
+def _schedule(runner: _Runner, pending: dict[str, Node], pool: ThreadPoolExecutor,
+              jobs: int) -> None:
+    running: dict[Future[NodeResult], str] = {}
+    while pending or running:
+        _skip_blocked(pending, runner.results, runner.display)
+        for name in [] if _halted(runner.results) else _ready(pending, runner.results):
+            node = pending[name]
+            busy = [runner.plan.nodes[n] for n in running.values()]
+            if len(busy) >= jobs or _must_wait(node, busy):
+                break
+            del pending[name]
+            runner.display.started(node)
+            running[pool.submit(runner.run_node, node)] = name
+        if not running:
+            break
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            result = future.result()
+            runner.results[running.pop(future)] = result
+            runner.display.finished(result)
 
 
 def _halted(results: dict[str, NodeResult]) -> bool:
@@ -112,6 +128,7 @@ class _Runner:
     cache: Cache
     display: Display
     results: dict[str, NodeResult] = field(default_factory=dict)
+    inflight: InFlight = field(default_factory=InFlight)
 
     def run_node(self, node: Node) -> NodeResult:
         start = time.perf_counter()
@@ -139,6 +156,13 @@ class _Runner:
         note = self.cache.repaired.get(key) if status == "ran" else None
         return NodeResult(node, status, time.perf_counter() - start, key, entry, note=note)
 
+    def _reporter(self, node: Node) -> Callable[[str], None]:
+        def report(message: str) -> None:
+            self.inflight.check()  # an interrupted run stops a stage at its next report
+            self.display.status(node, message)
+
+        return report
+
     def _build(self, node: Node, key: str, payload: dict[str, Any],
                inputs: dict[str, Entry], lost: dict[str, str]) -> tuple[Entry, str]:
         with self.cache.lock(key, f"stage '{node.name}'"):
@@ -149,21 +173,31 @@ class _Runner:
             _check_sources_as_keyed(node, read, payload["sources"])
             modules = imports.loaded_modules()
             staged = self.cache.staging(key)
+            self.inflight.started(node.name, staged)
             start = time.perf_counter()
             try:
-                summary = node.spec.fn(_context(node, inputs, staged / "out", self.display,
-                                                lost))
+                summary = node.spec.fn(_context(node, inputs, staged / "out",
+                                                self._reporter(node), lost))
                 _check_sources_unchanged(node, read)
+                meta = {"node": node.name, "payload": payload, "summary": summary or {},
+                        "seconds": round(time.perf_counter() - start, 3),
+                        "imports": self._factory_imports(node, modules)}
+                with self.inflight.committing(node.name):
+                    return self.cache.commit(key, staged, meta), "ran"
             except PipelineError:
                 self.cache.discard(staged)
                 raise
             except Exception as exc:
                 self.cache.discard(staged)
+                problem = machine_problem(exc, staged) if isinstance(exc, OSError) else None
+                if problem is not None:
+                    raise problem from exc
                 raise StageError(f"failed: {type(exc).__name__}: {exc}") from exc
-            meta = {"node": node.name, "payload": payload, "summary": summary or {},
-                    "seconds": round(time.perf_counter() - start, 3),
-                    "imports": self._factory_imports(node, modules)}
-            return self.cache.commit(key, staged, meta), "ran"
+            except BaseException:
+                self.cache.discard(staged)
+                raise
+            finally:
+                self.inflight.finished(node.name)
 
     def _factory_imports(self, node: Node, before: set[str]) -> dict[str, str]:
         """{path under the working tree: digest} of every module the node's factories import."""
@@ -219,10 +253,9 @@ def _reuses(node: Node, plan: Plan) -> bool:
     return node.cache and node.name not in plan.force
 
 
-def _context(node: Node, inputs: dict[str, Entry], out: Path, display: Display,
-             lost: dict[str, str]) -> StageContext:
+def _context(node: Node, inputs: dict[str, Entry], out: Path,
+             report: Callable[[str], None], lost: dict[str, str]) -> StageContext:
     config = OmegaConf.create(node.config)
     OmegaConf.set_readonly(config, True)
     return StageContext(config=config, inputs={s: e.out for s, e in inputs.items()}, out=out,
-                        target=node.target, report=lambda msg: display.status(node, msg),
-                        kind=node.spec.kind, lost=lost)
+                        target=node.target, report=report, kind=node.spec.kind, lost=lost)

@@ -118,5 +118,8 @@ class DigestState:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(canonical_json(self._memo))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(canonical_json(self._memo))
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)  # left only if writing failed (a full disk)

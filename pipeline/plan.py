@@ -131,6 +131,11 @@ def _check_sections(resolved: dict[str, Any]) -> None:
             raise RecipeError(f"{key}: not a recipe key.{did_you_mean(key, known)} Top-level "
                               f"keys: {', '.join(known)}; a further stage's settings go under "
                               f"stages.<name>.params.")
+    for key in ("model", "dataset", "targets", "stages"):
+        # the schema types them as mappings, but a recipe's `stages: x` replaces the node whole
+        if not isinstance(resolved.get(key, {}), dict):
+            raise RecipeError(f"{key}: expected a mapping ({key}.<name>: ...), got "
+                              f"{type(resolved[key]).__name__} {str(resolved[key])[:60]!r}.")
 
 
 def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None,

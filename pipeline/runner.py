@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ from rich.table import Table
 from pipeline import executor, plan, verdicts
 from pipeline.bundle import publish as bundle
 from pipeline.cache import Cache, Entry
-from pipeline.errors import GateError
+from pipeline.environment import machine_problem, space_problem, writable_problem
+from pipeline.errors import GateError, PipelineError
 from pipeline.keys import cache_key, key_payload
 from pipeline.progress import LiveDisplay, summary_table
 
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from omegaconf import DictConfig
-
-    from pipeline.errors import PipelineError
 
     Chooser = Callable[[plan.Plan, dict[str, executor.NodeResult]], set[str]]
 
@@ -46,27 +46,77 @@ def run_recipe(cfg: DictConfig, console: Console | None = None,
         return {"recipe": the_plan.recipe, "dry_run": True}
     bundle.check_signing(the_plan)  # a missing key must fail now, not after every stage ran
     recipe_dir = Path(run_cfg["artifacts_dir"]) / the_plan.recipe
-    started = time.time()
+    finish = _Finish(choose, time.time(),
+                     preflight(the_plan, cache, recipe_dir, run_cfg["min_free_mb"], console))
     with LiveDisplay(console, live=run_cfg["progress"]) as display:
         results = executor.run(the_plan, cache, run_cfg["jobs"], display)
-    only = choose(the_plan, results) if choose is not None else None
+    errors = [r.error for r in results.values() if r.error is not None]
+    try:
+        record = _publish_and_log(the_plan, results, cache, recipe_dir, finish)
+    except (OSError, PipelineError) as exc:
+        problem = machine_problem(exc) if isinstance(exc, OSError) else None
+        if not errors and problem is None:
+            raise
+        if not errors:
+            raise problem from exc
+        # the stage's own error is the one to act on; a full disk afterwards is a consequence
+        console.print(f"[yellow]after the stage error, publishing also failed: "
+                      f"{problem or exc}")
+        raise _first_or_all_gates(errors) from exc
+    verdict = "ok" if record["ok"] else "FAILED"
+    console.print(summary_table(results, f"{the_plan.recipe}: {verdict}"))
+    if record["bundles_summary"]:
+        console.print(verdicts.table(record["bundles_summary"], f"{the_plan.recipe}: bundles"))
+    if errors:
+        raise _first_or_all_gates(errors)
+    return record
+
+
+@dataclass(frozen=True)
+class _Finish:
+    """What publishing needs beyond the plan and results."""
+
+    choose: Chooser | None
+    started: float
+    save_state: bool  # false when the cache is read-only (and nothing had to be built)
+
+
+def _publish_and_log(the_plan: plan.Plan, results: dict[str, executor.NodeResult],
+                     cache: Cache, recipe_dir: Path, finish: _Finish) -> dict[str, Any]:
+    only = finish.choose(the_plan, results) if finish.choose is not None else None
     bundles = bundle.publish(the_plan, results, recipe_dir, cache.state, only)
-    cache.state.save()
-    record = _record(the_plan, results, bundles, time.time() - started)
+    if finish.save_state:
+        cache.state.save()
+    record = _record(the_plan, results, bundles, time.time() - finish.started)
     rows = verdicts.bundle_rows(the_plan, results, bundle.bundle_names(the_plan))
     for row in rows:
         if row["verdict"] == "published" and row["bundle"] not in bundles:
             row["verdict"] = "held back (the previous bundle stays live)"
     record["bundles_summary"] = rows
     _write_json(recipe_dir / "run.json", record)
-    verdict = "ok" if record["ok"] else "FAILED"
-    console.print(summary_table(results, f"{the_plan.recipe}: {verdict}"))
-    if rows:
-        console.print(verdicts.table(rows, f"{the_plan.recipe}: bundles"))
-    errors = [r.error for r in results.values() if r.error is not None]
-    if errors:
-        raise _first_or_all_gates(errors)
     return record
+
+
+def preflight(the_plan: plan.Plan, cache: Cache, recipe_dir: Path, min_free_mb: float,
+              console: Console) -> bool:
+    """Fail before any stage runs if the run cannot write its directories (exit 5).
+
+    A cache that cannot be written is fine when everything comes from it (a shared,
+    read-only cache): returns whether the cache may be written.
+    """
+    problem = (writable_problem(recipe_dir, "the artifacts dir")
+               or space_problem(recipe_dir, "the artifacts dir", min_free_mb))
+    if problem is not None:
+        raise problem
+    problem = (writable_problem(cache.root, "the cache dir")
+               or space_problem(cache.root, "the cache dir", min_free_mb))
+    if problem is None:
+        return True
+    if any(entry is None for _key, entry in planned(the_plan, cache).values()):
+        raise problem
+    console.print(f"[yellow]{problem.args[0].split(';')[0]}; everything is cached, so this "
+                  "run only reads it")
+    return False
 
 
 def _first_or_all_gates(errors: list[PipelineError]) -> PipelineError:
@@ -96,8 +146,11 @@ def _record(the_plan: plan.Plan, results: dict[str, executor.NodeResult],
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(data, indent=2))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # left only if writing failed (a full disk)
 
 
 def dry_run_table(the_plan: plan.Plan, cache: Cache) -> Table:
@@ -105,7 +158,18 @@ def dry_run_table(the_plan: plan.Plan, cache: Cache) -> Table:
     table = Table(title=f"{the_plan.recipe}: dry run")
     for column in ("stage", "target", "inputs", "would", "key"):
         table.add_column(column)
+    for name, (key, entry) in planned(the_plan, cache).items():
+        node = the_plan.nodes[name]
+        would = "use cache" if entry else ("run (forced)" if name in the_plan.force else "run")
+        table.add_row(node.stage, node.target or "-", ", ".join(node.upstream.values()),
+                      would, key[:12] if key else "(after inputs)")
+    return table
+
+
+def planned(the_plan: plan.Plan, cache: Cache) -> dict[str, tuple[str | None, Entry | None]]:
+    """Each node's key and cache entry as far as known before running (None: it must run)."""
     entries: dict[str, Entry | None] = {}
+    keys: dict[str, tuple[str | None, Entry | None]] = {}
     for name, node in the_plan.nodes.items():
         ups = [entries.get(up) for up in node.upstream.values()]
         key, entry = None, None
@@ -114,10 +178,8 @@ def dry_run_table(the_plan: plan.Plan, cache: Cache) -> Table:
             key = cache_key(key_payload(node, digests, cache.state))
             entry = cache.lookup(key) if node.cache and name not in the_plan.force else None
         entries[name] = entry
-        would = "use cache" if entry else ("run (forced)" if name in the_plan.force else "run")
-        table.add_row(node.stage, node.target or "-", ", ".join(node.upstream.values()),
-                      would, key[:12] if key else "(after inputs)")
-    return table
+        keys[name] = (key, entry)
+    return keys
 
 
 def explain(exc: PipelineError) -> str:

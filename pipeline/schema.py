@@ -191,6 +191,8 @@ class RunConfig:
     progress: bool = True
     # bundle versions kept per bundle under artifacts/<recipe>/.versions/, the live one included
     keep_bundles: int = 3
+    # a run refuses to start (exit 5) with less free space than this in either directory
+    min_free_mb: float = 64
 
 
 @dataclass
