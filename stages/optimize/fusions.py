@@ -68,6 +68,18 @@ def fuse(path: Path, directory: Path, switches: FusionSwitches) -> tuple[Path, d
                     "switched_off": off}
 
 
+def families(applied: dict[str, int]) -> list[str]:
+    """The switches (``optimize.fusions`` keys) of the fusions counted in ``applied``."""
+    return list(dict.fromkeys(switch for name, _, _, switch in SEQUENCE if applied.get(name)))
+
+
+def without(switches: FusionSwitches, family: str) -> FusionSwitches:
+    """``switches`` with ``family`` off."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(switches, {family: False})
+
+
 def _fuse_all(model: Any, switches: FusionSwitches) -> dict[str, int]:
     """``optimize_for_ort``'s steps, with the switched-off fusions left out."""
     import importlib

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.registry import stage
 from stages.common import fused_graphs, onnx_files
-from stages.optimize.fusions import fuse
+from stages.optimize.fusion_check import disagreement
+from stages.optimize.fusions import families, fuse, without
 from stages.optimize.params import OptimizeParams
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
 EXTERNAL_MIN_BYTES = 1024
 
 
-@stage("optimize", params=OptimizeParams, section=True, inputs=("model",), version=2,
+@stage("optimize", params=OptimizeParams, section=True, inputs=("model",), version=3,
        tools=("onnx", "onnxruntime", "onnxscript", "onnx-ir"))
 def optimize(ctx: StageContext) -> dict[str, Any]:
     """Infer shapes and apply ORT graph optimizations at ``optimize.level``.
@@ -58,17 +59,10 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
             _infer_shapes(current)
         fusions = None
         if cfg.level == "transformer":
-            ctx.report("transformer fusions (onnxscript ort_fusions)")
-            unfused = current
-            current, fusions = fuse(current, Path(tmp) / "fused", cfg.fusions)
-            if cfg.portable and fusions["applied"]:
-                ctx.report("unfused graph for targets without the fused ops")
-                _save(_ort_optimize(unfused, Path(tmp) / "portable", "basic"),
-                      fused_graphs.portable_dir(ctx.out))
-        if cfg.level != "none":
-            level = "basic" if cfg.level == "transformer" else cfg.level
-            ctx.report(f"ORT graph optimization ({level})")
-            current = _ort_optimize(current, Path(tmp) / "optimized", level)
+            current, fusions = _transformer(ctx, current, Path(tmp))
+        elif cfg.level != "none":
+            ctx.report(f"ORT graph optimization ({cfg.level})")
+            current = _ort_optimize(current, Path(tmp) / "optimized", cfg.level)
         _save(current, ctx.out)
     after = onnx_files.model_stats(ctx.out)
     summary = {
@@ -86,6 +80,33 @@ def optimize(ctx: StageContext) -> dict[str, Any]:
             "portable": fused_graphs.portable_dir(ctx.out).is_dir()}
     (ctx.out / "optimize.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def _transformer(ctx: StageContext, source: Path, tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """The fused graph (after ORT's basic level) if it still computes the model, and the
+    unfused one in portable/. When the fusions break the model, each fused family is switched
+    off in turn; if none of those gives a sound graph, the unfused graph ships."""
+    cfg = ctx.config.optimize
+    ctx.report("ORT graph optimization (basic)")
+    unfused = _ort_optimize(source, tmp / "unfused", "basic")
+    attempts, rejected = [cfg.fusions], []
+    for number, switches in enumerate(attempts):
+        ctx.report(f"transformer fusions (onnxscript ort_fusions), attempt {number + 1}")
+        fused, fusions = fuse(source, tmp / f"fused{number}", switches)
+        if not fusions["applied"]:
+            break
+        fused = _ort_optimize(fused, tmp / f"optimized{number}", "basic")
+        reason = disagreement(fused, unfused)
+        if reason is None:
+            if cfg.portable:
+                _save(unfused, fused_graphs.portable_dir(ctx.out))
+            return fused, fusions | {"rejected": rejected}
+        log.warning("optimize.level=transformer: %s (fusions %s)", reason, fusions["applied"])
+        rejected.append({"applied": fusions["applied"], "reason": reason})
+        if number == 0:  # then each family that fused, switched off alone
+            attempts += [without(switches, family) for family in families(fusions["applied"])]
+    return unfused, {"tool": fusions["tool"], "applied": {}, "rejected": rejected,
+                     "switched_off": fusions["switched_off"]}
 
 
 def _save(path: Path, directory: Path) -> None:
