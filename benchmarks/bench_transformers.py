@@ -1,14 +1,17 @@
-"""INT4 weight-only beside FP32 and dynamic INT8 on the corpus' MiniLM (all-MiniLM-L6-v2).
+"""Transformer fusion, INT8 and INT4 side by side on the corpus' MiniLM (all-MiniLM-L6-v2).
 
-``python benchmarks/bench_int4.py [--repeat 5] [--runs 30] [--gptq]``. Builds the corpus MiniLM
-(tests/fixtures/corpus), then quantizes it with edgekiln's quantize stage (each with the
-stage's defaults, pre-processing on): ``mode: dynamic`` per-channel (auto's ``dynamic``
-candidate), ``mode: int4`` with RTN and HQQ (block 32, asymmetric, accuracy level 4 where the
-algorithm takes one), RTN followed by dynamic INT8 (``int4.then_int8``) and, with ``--gptq``,
-GPTQ on the calibration split. Per model: size on disk, CPU p50 at batch 1 with one intra-op
+``python benchmarks/bench_transformers.py [--repeat 5] [--runs 30] [--gptq]``. Builds the corpus
+MiniLM (tests/fixtures/corpus: the same dynamo export, mean pooling and sentences as the
+bundled ``minilm_cpu`` recipe), fuses it with edgekiln's optimize stage (``level:
+transformer``), then quantizes the unfused and the fused graph with edgekiln's quantize stage
+(each with the stage's defaults, pre-processing on): ``mode: dynamic`` per-channel (auto's
+``dynamic`` candidate, which ``minilm_cpu`` ships fused), ``mode: int4`` with RTN and HQQ
+(block 32, asymmetric, accuracy level 4 where the algorithm takes one), RTN followed by
+dynamic INT8 (``int4.then_int8``) and, with ``--gptq``, GPTQ on the calibration split.
+Per model: size on disk, CPU p50 at batch 1 with one intra-op
 thread at sequence 16 and 64 (sessions interleaved per round, median of rounds), and the lowest
 and mean per-sentence cosine with FP32 on the 32 evaluation sentences (sequence 32). Writes
-``benchmarks/int4_results.json``.
+``benchmarks/transformers_results.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ from bench_corpus import cosines, one_thread_sessions, per_sample
 from bench_pipeline import ROOT
 from bench_quantization import latency, model_bytes
 
-RESULTS = Path(__file__).resolve().parent / "int4_results.json"
+RESULTS = Path(__file__).resolve().parent / "transformers_results.json"
 VARIANTS = {
     "dynamic_int8": {"mode": "dynamic", "per_channel": True},
     "int4_rtn": {"mode": "int4", "int4": {"algorithm": "rtn"}},
@@ -57,6 +61,22 @@ def quantized(model: Any, work: Path, settings: dict[str, Any]) -> tuple[Path, f
     return work, time.perf_counter() - started
 
 
+def fused(model: Any, work: Path) -> Path:
+    """The model through edgekiln's optimize stage at level transformer."""
+    from omegaconf import OmegaConf
+
+    from pipeline.registry import StageContext
+    from stages.optimize.params import OptimizeParams
+    from stages.optimize.stage import optimize
+
+    params = OmegaConf.merge(OmegaConf.structured(OptimizeParams), {"level": "transformer"})
+    config = OmegaConf.create({"optimize": OmegaConf.to_container(params, enum_to_str=True)})
+    work.mkdir(parents=True)
+    summary = optimize(StageContext(config=config, inputs={"model": model.folder}, out=work))
+    print(f"  fused: {summary['fusions']['applied']}", file=sys.stderr, flush=True)
+    return work
+
+
 def sequence_feed(model: Any, length: int) -> dict[str, Any]:
     """One batch-1 feed of ``length`` tokens: the first evaluation sentence's, repeated."""
     import numpy as np
@@ -74,10 +94,13 @@ def measure(repeat: int, runs: int, gptq: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="edgekiln-bench-int4-"))
     print("  building MiniLM", file=sys.stderr, flush=True)
     model = build("minilm", work / "model")
-    models, seconds = {"fp32": model.folder}, {}
-    for name, settings in (VARIANTS | (GPTQ if gptq else {})).items():
-        print(f"  quantizing: {name}", file=sys.stderr, flush=True)
-        models[name], seconds[name] = quantized(model, work / name, settings)
+    sources = {"": model, "fused_": replace(model, folder=fused(model, work / "fp32_fused"))}
+    models, seconds = {"fp32": model.folder, "fp32_fused": sources["fused_"].folder}, {}
+    for prefix, source in sources.items():
+        for name, settings in (VARIANTS | (GPTQ if gptq else {})).items():
+            print(f"  quantizing: {prefix}{name}", file=sys.stderr, flush=True)
+            models[prefix + name], seconds[prefix + name] = quantized(
+                source, work / f"{prefix}{name}", settings)
     sessions = one_thread_sessions(models)
     scored = cosines(sessions, per_sample(model.feeds("evaluation")))
     rows = {name: {"size_bytes": model_bytes(folder), "quantize_seconds": round(
@@ -95,13 +118,13 @@ def measure(repeat: int, runs: int, gptq: bool) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    header = (f"{'model':<20} {'size MB':>8} {'p50 seq16':>10} {'p50 seq64':>10} "
+    header = (f"{'model':<26} {'size MB':>8} {'p50 seq16':>10} {'p50 seq64':>10} "
               f"{'x FP32 @64':>10} {'min cos':>8} {'mean cos':>9}")
     fp32 = result["models"]["fp32"]["p50_ms_seq64"]
     lines = [f"{result['model']}, 1 thread, batch 1 ({result['evaluation_sentences']} "
              "sentences for the cosines)", header, "-" * len(header)]
     for name, row in result["models"].items():
-        lines.append(f"{name:<20} {row['size_bytes'] / 1e6:>8.2f} {row['p50_ms_seq16']:>10.3f} "
+        lines.append(f"{name:<26} {row['size_bytes'] / 1e6:>8.2f} {row['p50_ms_seq16']:>10.3f} "
                      f"{row['p50_ms_seq64']:>10.3f} {fp32 / row['p50_ms_seq64']:>9.2f}x "
                      f"{row['min_cosine']:>8.4f} {row['mean_cosine']:>9.5f}")
     return "\n".join(lines)
