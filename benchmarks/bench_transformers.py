@@ -1,8 +1,8 @@
 """Transformer fusion, INT8 and INT4 side by side on the corpus' MiniLM (all-MiniLM-L6-v2).
 
 ``python benchmarks/bench_transformers.py [--repeat 5] [--runs 30] [--gptq]``. Builds the corpus
-MiniLM (tests/fixtures/corpus: the same dynamo export, mean pooling and sentences as the
-bundled ``minilm_cpu`` recipe), fuses it with edgekiln's optimize stage (``level:
+MiniLM (tests/fixtures/corpus: the same dynamo export and mean pooling as the bundled
+``minilm_cpu`` recipe, and 64 of its sentences), fuses it with edgekiln's optimize stage (``level:
 transformer``), then quantizes the unfused and the fused graph with edgekiln's quantize stage
 (each with the stage's defaults, pre-processing on): ``mode: dynamic`` per-channel (auto's
 ``dynamic`` candidate, which ``minilm_cpu`` ships fused), ``mode: int4`` with RTN and HQQ
@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,10 @@ GPTQ = {"int4_gptq": {"mode": "int4", "int4": {"algorithm": "gptq"}}}
 SEQUENCES = (16, 64)
 
 
-def quantized(model: Any, work: Path, settings: dict[str, Any]) -> tuple[Path, float]:
-    """Run edgekiln's quantize stage on the corpus model; its output folder and seconds."""
+def quantized(model: Any, source: Path, work: Path,
+              settings: dict[str, Any]) -> tuple[Path, float]:
+    """Run edgekiln's quantize stage on ``source`` (the corpus model's folder or its fused
+    graph's), with the model's data; its output folder and seconds."""
     from omegaconf import OmegaConf
 
     from pipeline.registry import StageContext
@@ -54,10 +55,13 @@ def quantized(model: Any, work: Path, settings: dict[str, Any]) -> tuple[Path, f
     data = OmegaConf.merge(OmegaConf.structured(DatasetConfig), model.dataset_section())
     config = OmegaConf.create({"quantize": OmegaConf.to_container(section, enum_to_str=True),
                                "dataset": OmegaConf.to_container(data, enum_to_str=True),
-                               "model": model.model_section()})
+                               "model": model.model_section(),
+                               # the CPU EP runs the fused ops: it reads the fused graph
+                               "target": {"execution_providers": [
+                                   {"name": "CPUExecutionProvider", "options": {}}]}})
     work.mkdir(parents=True)
     started = time.perf_counter()
-    quantize(StageContext(config=config, inputs={"model": model.folder}, out=work, target="cpu"))
+    quantize(StageContext(config=config, inputs={"model": source}, out=work, target="cpu"))
     return work, time.perf_counter() - started
 
 
@@ -94,13 +98,13 @@ def measure(repeat: int, runs: int, gptq: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="edgekiln-bench-int4-"))
     print("  building MiniLM", file=sys.stderr, flush=True)
     model = build("minilm", work / "model")
-    sources = {"": model, "fused_": replace(model, folder=fused(model, work / "fp32_fused"))}
-    models, seconds = {"fp32": model.folder, "fp32_fused": sources["fused_"].folder}, {}
+    sources = {"": model.folder, "fused_": fused(model, work / "fp32_fused")}
+    models, seconds = {"fp32": model.folder, "fp32_fused": sources["fused_"]}, {}
     for prefix, source in sources.items():
         for name, settings in (VARIANTS | (GPTQ if gptq else {})).items():
             print(f"  quantizing: {prefix}{name}", file=sys.stderr, flush=True)
             models[prefix + name], seconds[prefix + name] = quantized(
-                source, work / f"{prefix}{name}", settings)
+                model, source, work / f"{prefix}{name}", settings)
     sessions = one_thread_sessions(models)
     scored = cosines(sessions, per_sample(model.feeds("evaluation")))
     rows = {name: {"size_bytes": model_bytes(folder), "quantize_seconds": round(

@@ -20,6 +20,7 @@ MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 # below this many initializer bytes a model stays one file
 EXTERNAL_DATA_THRESHOLD = 1 << 20
+EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay inside model.onnx
 
 
 def model_file(directory: Path) -> Path:
@@ -72,19 +73,20 @@ def load_model(path: Path) -> onnx.ModelProto:
 def save_model(model: onnx.ModelProto, directory: Path) -> Path:
     """Write ``model`` as ``directory/model.onnx`` (+ ``model.onnx.data`` when large)."""
     import onnx
+    from onnx.external_data_helper import _get_initializer_tensors, set_external_data
 
     directory.mkdir(parents=True, exist_ok=True)
     target = model_file(directory)
-    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
-    external = weight_bytes > EXTERNAL_DATA_THRESHOLD
-    onnx.save_model(
-        model,
-        str(target),
-        save_as_external_data=external,
-        all_tensors_to_one_file=True,
-        location=WEIGHTS_FILE,
-        size_threshold=1024,
-    )
+    weights = directory / WEIGHTS_FILE
+    weights.unlink(missing_ok=True)  # onnx appends to a data file that is already there
+    if sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
+        # marked here, not by save_as_external_data: onnx then refuses to save when the
+        # *working directory* holds a file named model.onnx.data (it checks the location
+        # relative to the cwd, onnx 1.x), as a user's model folder may
+        for tensor in _get_initializer_tensors(model):
+            if tensor.HasField("raw_data") and len(tensor.raw_data) >= EXTERNAL_MIN_BYTES:
+                set_external_data(tensor, WEIGHTS_FILE)
+    onnx.save_model(model, str(target))  # writes the marked tensors beside the model
     return target
 
 
