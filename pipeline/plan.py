@@ -167,7 +167,7 @@ def _node(resolved: dict[str, Any], stage: graph.Stage, target: str | None,
 def _config(spec: StageSpec, view: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The shared keys the kind reads with these params, and the params under its name."""
     config: dict[str, Any] = {}
-    more = spec.reads_with(params) if spec.reads_with is not None else ()
+    more = spec.reads_with(params, view) if spec.reads_with is not None else ()
     for key in (*spec.reads, *more):
         _set_path(config, key, _get_path(view, key))
     if spec.params is not None:

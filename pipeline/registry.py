@@ -62,9 +62,9 @@ class StageSpec:
     optional_inputs: tuple[str, ...] = ()
     # shared recipe keys (model, dataset, target, ...) the stage reads; they enter the key
     reads: tuple[str, ...] = ()
-    # further shared keys read only with some params (quantize.mode=auto reads the target):
-    # the rest of that kind's nodes keep them out of their keys
-    reads_with: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    # further shared keys read only with some params or recipes (quantize.mode=auto reads the
+    # target), given (the node's params, the resolved recipe): the rest keep them out of keys
+    reads_with: Callable[[dict[str, Any], dict[str, Any]], tuple[str, ...]] | None = None
     # bump when the output bytes change for the same inputs
     version: int = 1
     # one node per target; a target-agnostic upstream feeds every copy

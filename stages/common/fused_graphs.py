@@ -38,6 +38,16 @@ class GraphChoice:
         return {"fused": self.fused, "reason": self.reason}
 
 
+def fuses(recipe: dict[str, Any]) -> bool:
+    """Whether an optimize stage of the resolved ``recipe`` fuses transformer ops (level
+    transformer, with the unfused twin kept), so per-target stages may read either graph."""
+    sections = [recipe.get("optimize") or {}] + [
+        entry.get("params") or {} for entry in (recipe.get("stages") or {}).values()
+        if isinstance(entry, dict) and entry.get("kind") == "optimize"]
+    return any(section.get("level") == "transformer" and section.get("portable", True)
+               for section in sections if isinstance(section, dict))
+
+
 def portable_dir(model_dir: Path) -> Path:
     return model_dir / PORTABLE
 

@@ -21,6 +21,7 @@ import copy
 from typing import Any
 
 from pipeline.errors import RecipeError, did_you_mean
+from stages.common import fused_graphs
 
 CPU = "CPUExecutionProvider"
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -55,11 +56,14 @@ def variants(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: candidate(params, name) for name in names}
 
 
-def reads_with(params: dict[str, Any]) -> tuple[str, ...]:
-    """auto reads the whole target; the other modes only its EPs, which decide whether a fused
-    transformer graph or its unfused twin is quantized (stages/common/fused_graphs.py), so
-    their nodes share keys across targets with the same EPs."""
-    return ("target",) if params["mode"] == "auto" else ("target.execution_providers",)
+def reads_with(params: dict[str, Any], recipe: dict[str, Any]) -> tuple[str, ...]:
+    """auto reads the whole target. The other modes read its EPs only in a recipe that fuses
+    transformer ops, where the EPs decide whether the fused graph or its unfused twin is
+    quantized (stages/common/fused_graphs.py); elsewhere their nodes share keys across
+    targets with equal settings."""
+    if params["mode"] == "auto":
+        return ("target",)
+    return ("target.execution_providers",) if fused_graphs.fuses(recipe) else ()
 
 
 def suited(config: dict[str, Any]) -> list[str]:
