@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from pipeline.errors import InputError, RecipeError
 from stages.common.hf_folders import TOKEN_INPUTS, derived_inputs, model_folder
-from stages.common.torch_models import dynamic_shapes, flatten
+from stages.common.torch_models import dynamic_shapes
+from stages.export.from_torch import probe, reference
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -77,7 +78,8 @@ def export_huggingface(model: Any, export: Any,
     names = [spec.name for spec in model.inputs]
     module = task_module(model_folder(model), model.task, model.pooling, names)
     inputs = {name: torch.from_numpy(sample[name]) for name in names}
-    _probe(module, inputs, model.inputs, sample)
+    probe(lambda: module(**inputs), "Hugging Face model", model.inputs, sample,
+          "Check model.inputs (or leave them out to derive them from the folder).")
     shapes = dynamic_shapes(model.inputs) or (None,) * len(names)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
@@ -85,29 +87,7 @@ def export_huggingface(model: Any, export: Any,
             module, (), kwargs=inputs, dynamo=True, verbose=False, input_names=names,
             output_names=list(model.outputs) or [output_name(model.task, model.pooling)],
             opset_version=export.opset, dynamic_shapes=dict(zip(names, shapes, strict=True)))
-
-    def run(feed: Feed) -> list[Any]:
-        with torch.no_grad():
-            result = module(**{name: torch.from_numpy(feed[name]) for name in names})
-        return [tensor.detach().cpu().numpy() for tensor in flatten(result)]
-
-    return program.model_proto, run
-
-
-def _probe(module: Any, inputs: dict[str, Any], specs: Any, sample: Feed) -> None:
-    import torch
-
-    from stages.export.checks import declared
-
-    try:
-        with torch.no_grad():
-            module(**inputs)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RecipeError(
-            f"the Hugging Face model fails on inputs shaped as declared ({declared(specs, sample)})"
-            f": {type(exc).__name__}: {cause}. Check model.inputs (or leave them out to derive "
-            "them from the folder).") from exc
+    return program.model_proto, reference(module, names, by_name=True)
 
 
 def load_auto(folder: Path, task: str) -> Any:

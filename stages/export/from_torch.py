@@ -45,7 +45,9 @@ def export_torch(make: Callable[[], Any], model: Any, export: Any,
     except TypeError as exc:
         raise RecipeError(f"model.inputs {names} do not fit {type(module).__name__}.forward"
                           f"{inspect.signature(module.forward)}: {exc}") from exc
-    _probe(module, args, model.inputs, sample)
+    probe(lambda: module(*args), "torch model", model.inputs, sample,
+          "Check model.inputs.<i>.shape/dtype (and low/high for indices) against what the "
+          "model's forward expects.")
     with warnings.catch_warnings():
         # one Dim shared by several inputs (a common "batch") is intended, not worth a warning
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
@@ -53,32 +55,34 @@ def export_torch(make: Callable[[], Any], model: Any, export: Any,
             module, args, dynamo=True, verbose=False, input_names=names,
             output_names=list(model.outputs) or None, opset_version=export.opset,
             dynamic_shapes=dynamic_shapes(model.inputs))
-    return program.model_proto, _reference(module, names)
+    return program.model_proto, reference(module, names)
 
 
-def _probe(module: Any, args: tuple[Any, ...], inputs: Any, sample: Feed) -> None:
-    """One eager run on the sample shaped as ``model.inputs`` declares: a wrong shape or dtype
-    is then named as the recipe's, not found deep in the exporter's trace (torch.export
+def probe(run: Callable[[], Any], what: str, inputs: Any, sample: Feed, advice: str) -> None:
+    """One eager ``run()`` on the sample shaped as ``model.inputs`` declares: a wrong shape or
+    dtype is then named as the recipe's, not found deep in the exporter's trace (torch.export
     reports it as an error of some matmul, after a page of fake-tensor logs)."""
     import torch
 
     try:
         with torch.no_grad():
-            module(*args)
+            run()
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RecipeError(
-            f"the torch model fails on inputs shaped as declared ({declared(inputs, sample)}): "
-            f"{type(exc).__name__}: {cause}. Check model.inputs.<i>.shape/dtype (and low/high "
-            "for indices) against what the model's forward expects.") from exc
+            f"the {what} fails on inputs shaped as declared ({declared(inputs, sample)}): "
+            f"{type(exc).__name__}: {cause}. {advice}") from exc
 
 
-def _reference(module: Any, names: list[str]) -> Reference:
+def reference(module: Any, names: list[str], by_name: bool = False) -> Reference:
+    """The eager module on one feed, its outputs flattened in graph order; ``by_name`` passes
+    the inputs as keywords (transformers' forward takes input_ids=..., attention_mask=...)."""
     import torch
 
     def run(feed: Feed) -> list[np.ndarray]:
+        tensors = {name: torch.from_numpy(feed[name]) for name in names}
         with torch.no_grad():
-            result = module(*(torch.from_numpy(feed[name]) for name in names))
+            result = module(**tensors) if by_name else module(*tensors.values())
         return [tensor.detach().cpu().numpy() for tensor in flatten(result)]
 
     return run
