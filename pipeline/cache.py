@@ -60,6 +60,11 @@ class Entry:
         return self.meta["digest"]
 
 
+def open_cache(run: dict[str, Any]) -> Cache:
+    """The cache a run's ``run:`` section names (``run.cache_dir``)."""
+    return Cache(Path(run["cache_dir"]))
+
+
 class Cache:
     def __init__(self, root: Path) -> None:
         self.root = root

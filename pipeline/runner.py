@@ -15,7 +15,7 @@ from rich.table import Table
 
 from pipeline import executor, plan, verdicts
 from pipeline.bundle import publish as bundle
-from pipeline.cache import Cache, Entry
+from pipeline.cache import Cache, Entry, open_cache
 from pipeline.environment import machine_problem, space_problem, writable_problem
 from pipeline.errors import GateError, PipelineError
 from pipeline.keys import cache_key, key_payload
@@ -40,7 +40,7 @@ def run_recipe(cfg: DictConfig, console: Console | None = None,
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     the_plan = plan.build(cfg)
     run_cfg = the_plan.resolved["run"]
-    cache = Cache(Path(run_cfg["cache_dir"]))
+    cache = open_cache(run_cfg)
     if run_cfg["dry_run"]:
         console.print(dry_run_table(the_plan, cache))
         return {"recipe": the_plan.recipe, "dry_run": True}
