@@ -19,6 +19,7 @@ from pipeline.cache import Cache, Entry, open_cache
 from pipeline.environment import machine_problem, space_problem, writable_problem
 from pipeline.errors import GateError, PipelineError
 from pipeline.keys import cache_key, key_payload
+from pipeline.noop import fastpath
 from pipeline.progress import LiveDisplay, summary_table
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ def run_recipe(cfg: DictConfig, console: Console | None = None,
         console.print(verdicts.table(record["bundles_summary"], f"{the_plan.recipe}: bundles"))
     if errors:
         raise _first_or_all_gates(errors)
+    fastpath.after_build(the_plan, results, record, cache)
     return record
 
 
