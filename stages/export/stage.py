@@ -61,8 +61,9 @@ def check_recipe(config: dict[str, Any]) -> None:
     require_framework(framework)
 
 
+# alone: the exporters trace and check the model with torch or tensorflow on every core
 @stage("export", params=ExportParams, section=True, reads=("model",), version=3,
-       check=check_recipe, derive=derive_keys,
+       check=check_recipe, derive=derive_keys, exclusive=True,
        tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx",
               "transformers"),
        sources=("model.checkpoint", "model.path", "model.factory", "model.package"))

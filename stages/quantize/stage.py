@@ -10,8 +10,9 @@ budget winning. ``mode: auto`` is fanned out at plan time into one quantize node
 (``stages/quantize/candidates.py``); the auto node itself only measures them and picks one
 (``stages/quantize/auto.py``).
 
-The stage runs alone (``exclusive``): with a budget or a search it times models, and a
-latency measured beside another busy stage lies.
+The stage runs alone (``exclusive``) when it times models (a latency measured beside another
+busy stage lies) or runs models to calibrate or train: onnxruntime and torch already use every
+core, and two such nodes side by side took longer than one after the other (issue 13).
 """
 
 from __future__ import annotations
@@ -51,20 +52,26 @@ class Outcome:
     rows: list[dict[str, Any]] = field(default_factory=list)  # search table, when searched
 
 
-def _times_models(config: dict[str, Any]) -> bool:
-    """Budgets, searches and auto time candidate models, which needs the machine to itself."""
+# modes that run the model on every core: calibration (static, GPTQ) and training (QAT)
+_RUNS_MODELS = ("static", "qat")
+
+
+def _uses_every_core(config: dict[str, Any]) -> bool:
+    """Budgets, searches and auto time candidate models; calibration and training run them."""
     quantize = config["quantize"]
     budget = quantize["accuracy_budget"]
-    return quantize["mode"] == "auto" or bool(quantize["search"]["candidates"]) or any(
-        budget[key] is not None for key in ("max_accuracy_drop", "min_agreement",
-                                            "min_sample_cosine"))
+    return (quantize["mode"] in ("auto", *_RUNS_MODELS)
+            or (quantize["mode"] == "int4" and quantize["int4"]["algorithm"] == "gptq")
+            or bool(quantize["search"]["candidates"])
+            or any(budget[key] is not None for key in ("max_accuracy_drop", "min_agreement",
+                                                       "min_sample_cosine")))
 
 
 # QAT rebuilds the torch model from the model section and its checkpoint, so those are read;
 # mode=auto reads the target's providers: its candidates suit them, and it times on them
 @stage("quantize", params=QuantizeParams, section=True, inputs=("model",),
        reads=("dataset", "model"), per_target=True, version=5,
-       reads_with=candidates.reads_with, exclusive=_times_models, variants=candidates.variants,
+       reads_with=candidates.reads_with, exclusive=_uses_every_core, variants=candidates.variants,
        sources=(*DATASET_SOURCES, "model.checkpoint", "model.factory"),
        tools=("onnx", "onnxruntime", "scikit-learn", "numpy", "matplotlib", "torch", "torchao",
               "onnxscript"))
