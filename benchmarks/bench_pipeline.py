@@ -1,167 +1,233 @@
-"""edgekiln's overhead: its cold build and cached rebuild against benchmarks/handwritten.py.
+"""edgekiln against hand-written scripts, and against itself: cold builds, no-op rebuilds,
+targets, jobs; wall seconds and peak memory of whole processes, side by side in one run.
 
-``python benchmarks/bench_pipeline.py [--recipes digits_torch digits_keras resnet_jetson]
-[--repeat 1]``. For each recipe and repeat it times, as subprocesses from the repository root
-and each on a fresh temporary directory: the hand-written script, ``python -m pipeline`` cold,
-and the same command again (cached). The order of the hand-written and edgekiln runs alternates
-between repeats so that machine noise hits both; medians are reported. Prints a summary and a
-per-stage table (edgekiln's run.json vs the script's own step timings) and writes
-``benchmarks/results.json``.
+``python benchmarks/bench_pipeline.py [--recipes digits_torch resnet_jetson] [--repeat 3]
+[--noop-runs 7] [--no-targets]``. Every measurement is a fresh process started from the
+repository root on a fresh temporary artifacts folder (so a fresh cache), timed from start to
+exit, with its peak RSS (``os.wait4``: the process and the workers it waited for). Each repeat
+runs the scenarios of a group in a rotated order, so the machine's noise hits each of them.
+
+- **cold**: benchmarks/handwritten.py with each exporter, and edgekiln with the same exporter
+  (``export.exporter=...``); the ratio is edgekiln over the script with the same exporter.
+- **no-op**: the same edgekiln command again with nothing changed, through the fast path and
+  through the full path (``EDGEKILN_NO_FAST_PATH=1``), alternated run by run.
+- **targets x jobs**: resnet_multi cold with its first 1, 2 and 4 targets at ``run.jobs`` 1
+  and 2.
+- **Olive** (with ``--olive-python``, an interpreter that has olive-ai, see docs/benchmarks.md):
+  benchmarks/olive_baseline.py's workflow of the same passes, cold and its cached rerun.
+
+Reports min / median / max per scenario; writes ``benchmarks/pipeline_results.json`` and
+``benchmarks/pipeline_results.md`` (both git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDWRITTEN = Path(__file__).resolve().parent / "handwritten.py"
-RESULTS = Path(__file__).resolve().parent / "results.json"
-RECIPES = ("digits_torch", "digits_keras", "resnet_jetson")
-# edgekiln recipe -> (hand-written script's recipe, extra overrides: a single x86 CPU target)
-SETUPS = {"digits_torch": ("digits_torch", []), "digits_keras": ("digits_keras", []),
-          "resnet_jetson": ("resnet_cpu", ["run.targets=[cpu]"])}
-STAGES = ("export", "optimize", "quantize", "validate", "package")
-RATIO_AIM, CACHED_AIM = 1.15, 0.5
+OLIVE = Path(__file__).resolve().parent / "olive_baseline.py"
+OUT = Path(__file__).resolve().parent / "pipeline_results"
+# edgekiln recipe -> (hand-written script's recipe, overrides that make edgekiln do the
+# script's work: one x86 CPU target, static INT8 with as many calibration samples, validation
+# on the whole evaluation split; the recipes themselves choose by measurement, quantize auto)
+_DIGITS = ["quantize.mode=static", "quantize.calibration.samples=256", "validate.samples=512"]
+SETUPS = {"digits_torch": ("digits_torch", _DIGITS), "digits_keras": ("digits_keras", _DIGITS),
+          "resnet_jetson": ("resnet_cpu", ["run.targets=[cpu]", "quantize.mode=static",
+                                           "quantize.calibration.samples=64",
+                                           "validate.samples=128"])}
+TORCH_RECIPES = ("digits_torch", "resnet_jetson")
+MULTI_TARGETS = ("x86_cpu", "jetson_orin", "intel_cpu_openvino", "android_nnapi")
 
 
-def timed(command: list[str]) -> float:
-    """Wall-clock seconds of ``command`` run from the repository root; fails loudly."""
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.splitlines()[-20:])
-        raise SystemExit(f"{' '.join(command)} exited {proc.returncode}:\n{tail}")
-    return seconds
+@dataclass
+class Samples:
+    seconds: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+
+    def stats(self) -> dict[str, Any]:
+        return {"min_s": round(min(self.seconds), 3),
+                "median_s": round(statistics.median(self.seconds), 3),
+                "max_s": round(max(self.seconds), 3),
+                "median_rss_mb": round(statistics.median(self.rss_mb), 1),
+                "runs": len(self.seconds)}
 
 
-def run_handwritten(recipe: str) -> dict[str, Any]:
-    out = Path(tempfile.mkdtemp(prefix="edgekiln-bench-hw-"))
-    try:
-        wall = timed([sys.executable, str(HANDWRITTEN), "--recipe", SETUPS[recipe][0],
-                      "--out", str(out / "out")])
-        steps = json.loads((out / "out" / "timings.json").read_text())
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return {"wall": wall, "steps": steps}
+def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of ``command`` run from the repository root."""
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            errors.seek(0)
+            tail = "\n".join(errors.read().decode(errors="replace").splitlines()[-20:])
+            raise SystemExit(f"{' '.join(command)} exited {proc.returncode}:\n{tail}")
+    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
 
 
-def run_edgekiln(recipe: str) -> dict[str, Any]:
-    """Cold build on a fresh artifacts dir (so a fresh cache), then the same command again."""
-    artifacts = Path(tempfile.mkdtemp(prefix="edgekiln-bench-ek-"))
-    command = [sys.executable, "-m", "pipeline", f"recipe={recipe}",
-               f"run.artifacts_dir={artifacts}", *SETUPS[recipe][1]]
-    try:
-        cold = timed(command)
-        cold_record = json.loads((artifacts / recipe / "run.json").read_text())
-        cached = timed(command)
-        cached_record = json.loads((artifacts / recipe / "run.json").read_text())
-    finally:
-        shutil.rmtree(artifacts, ignore_errors=True)
-    return {"cold": cold, "cached": cached, "cold_in_process": cold_record["seconds"],
-            "cached_in_process": cached_record["seconds"],
-            "cold_stages": _stage_seconds(cold_record),
-            "cold_all_ran": all(s["status"] == "ran" for s in cold_record["stages"]),
-            "cached_all_cached": all(s["status"] == "cached" for s in cached_record["stages"])}
+def edgekiln(recipe: str, artifacts: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", f"recipe={recipe}",
+            f"run.artifacts_dir={artifacts}", "run.progress=false", *overrides]
 
 
-def _stage_seconds(record: dict[str, Any]) -> dict[str, float]:
-    return {s["stage"] + (f"@{s['target']}" if s["target"] else ""): s["seconds"]
-            for s in record["stages"]}
+def handwritten(recipe: str, out: Path, exporter: str) -> list[str]:
+    command = [sys.executable, str(HANDWRITTEN), "--recipe", SETUPS[recipe][0],
+               "--out", str(out)]
+    return [*command, "--exporter", exporter] if exporter != "dynamo" else command
 
 
-def measure(recipe: str, repeat: int) -> dict[str, Any]:
-    """Alternate hand-written and edgekiln runs ``repeat`` times; medians of every number."""
-    hand, edge = [], []
-    for index in range(repeat):
-        order = (("hw", "ek") if index % 2 == 0 else ("ek", "hw"))
-        for which in order:
-            if which == "hw":
-                hand.append(run_handwritten(recipe))
-            else:
-                edge.append(run_edgekiln(recipe))
-            last = hand[-1]["wall"] if which == "hw" else edge[-1]["cold"]
-            print(f"  {recipe} #{index + 1} {which}: {last:.2f}s", file=sys.stderr, flush=True)
-    median = statistics.median
-    handwritten, cold = median(r["wall"] for r in hand), median(r["cold"] for r in edge)
-    stages = {name: median(r["cold_stages"][name] for r in edge) for name in
-              edge[0]["cold_stages"]}
-    steps = {name: median(r["steps"][name] for r in hand) for name in hand[0]["steps"]}
-    return {
-        "recipe": recipe, "repeat": repeat, "handwritten_s": round(handwritten, 3),
-        "edgekiln_cold_s": round(cold, 3), "ratio": round(cold / handwritten, 3),
-        "edgekiln_cached_s": round(median(r["cached"] for r in edge), 3),
-        "all_cached": all(r["cached_all_cached"] for r in edge),
-        "cold_all_ran": all(r["cold_all_ran"] for r in edge),
-        "edgekiln_cold_in_process_s": median(r["cold_in_process"] for r in edge),
-        "edgekiln_cached_in_process_s": median(r["cached_in_process"] for r in edge),
-        "handwritten_in_process_s": steps.get("total"),
-        "edgekiln_stages_s": stages, "handwritten_steps_s": steps,
-        "samples": {"handwritten_s": [round(r["wall"], 3) for r in hand],
-                    "edgekiln_cold_s": [round(r["cold"], 3) for r in edge],
-                    "edgekiln_cached_s": [round(r["cached"], 3) for r in edge]},
-    }
+def exporters(recipe: str) -> list[str]:
+    """The exporters both sides offer for this recipe (TorchScript: torch models only)."""
+    script = subprocess.run([sys.executable, str(HANDWRITTEN), "--help"], capture_output=True,
+                            text=True, check=True).stdout
+    return ["dynamo", "torchscript"] if recipe in TORCH_RECIPES and "--exporter" in script \
+        else ["dynamo"]
 
 
-def summary(results: list[dict[str, Any]]) -> str:
-    header = (f"{'recipe':<14} {'handwritten s':>13} {'edgekiln cold s':>15} {'ratio':>6} "
-              f"{'cached s':>9} {'all cached':>10}")
-    lines = [header, "-" * len(header)]
-    for r in results:
-        ratio_flag = "" if r["ratio"] <= RATIO_AIM else " !"
-        cached_flag = "" if r["edgekiln_cached_s"] <= CACHED_AIM else " !"
-        lines.append(f"{r['recipe']:<14} {r['handwritten_s']:>13.2f} "
-                     f"{r['edgekiln_cold_s']:>15.2f} {r['ratio']:>6.2f}{ratio_flag:<2}"
-                     f"{r['edgekiln_cached_s']:>7.2f}{cached_flag:<2} "
-                     f"{'yes' if r['all_cached'] else 'NO':>10}")
-    lines.append(f"(aims: ratio <= {RATIO_AIM}, cached rebuild <= {CACHED_AIM} s; ! = missed)")
-    return "\n".join(lines)
+class Bench:
+    def __init__(self, repeat: int, noop_runs: int, olive_python: str | None) -> None:
+        self.repeat, self.noop_runs, self.olive_python = repeat, noop_runs, olive_python
+        self.samples: dict[tuple[str, str], Samples] = {}
+
+    def add(self, group: str, name: str, command: list[str],
+            env: dict[str, str] | None = None) -> None:
+        seconds, rss = measure(command, env)
+        found = self.samples.setdefault((group, name), Samples())
+        found.seconds.append(seconds)
+        found.rss_mb.append(rss)
+        print(f"  {group} | {name}: {seconds:.2f} s, {rss:.0f} MB", file=sys.stderr, flush=True)
+
+    def cold_and_noop(self, recipe: str) -> None:
+        overrides = SETUPS[recipe][1]
+        for index in range(self.repeat):
+            scenarios = [(side, exporter) for exporter in exporters(recipe)
+                         for side in ("handwritten", "edgekiln")]
+            if self.olive_python and recipe in TORCH_RECIPES:
+                scenarios.append(("olive", "olive"))
+            scenarios = scenarios[index % len(scenarios):] + scenarios[:index % len(scenarios)]
+            for side, exporter in scenarios:
+                with tempfile.TemporaryDirectory(prefix="edgekiln-bench-") as tmp:
+                    where = Path(tmp)
+                    if side == "olive":
+                        self.olive(recipe, where)
+                        continue
+                    if side == "handwritten":
+                        self.add(recipe, f"cold, hand-written ({exporter})",
+                                 handwritten(recipe, where / "out", exporter))
+                        continue
+                    chosen = [] if exporter == "dynamo" else [f"export.exporter={exporter}"]
+                    command = edgekiln(recipe, where, *overrides, *chosen)
+                    self.add(recipe, f"cold, edgekiln ({exporter})", command)
+                    if exporter == "dynamo":
+                        self.noop(recipe, command)
+
+    def olive(self, recipe: str, where: Path) -> None:
+        command = [str(self.olive_python), str(OLIVE), "--recipe", SETUPS[recipe][0],
+                   "--out", str(where / "olive")]
+        self.add(recipe, "cold, Olive", command)
+        self.add(recipe, "no-op, Olive's cached rerun", command)
+
+    def noop(self, recipe: str, command: list[str]) -> None:
+        self.add(recipe, "no-op, fast path (first, records stamps)", command)
+        for index in range(self.noop_runs):
+            order = [{}, {"EDGEKILN_NO_FAST_PATH": "1"}][::1 if index % 2 == 0 else -1]
+            for env in order:
+                which = "full path" if env else "fast path"
+                self.add(recipe, f"no-op, {which}", command, env)
+
+    def targets_and_jobs(self) -> None:
+        scenarios = [(count, jobs) for count in (1, 2, 4) for jobs in (1, 2)]
+        for index in range(self.repeat):
+            for count, jobs in scenarios[index % 6:] + scenarios[:index % 6]:
+                targets = ",".join(MULTI_TARGETS[:count])
+                with tempfile.TemporaryDirectory(prefix="edgekiln-bench-") as tmp:
+                    self.add("resnet_multi", f"cold, {count} target(s), jobs={jobs}",
+                             edgekiln("resnet_multi", Path(tmp), f"run.targets=[{targets}]",
+                                      f"run.jobs={jobs}"))
 
 
-def stage_table(result: dict[str, Any]) -> str:
-    """edgekiln's per-stage seconds beside the hand-written script's step seconds."""
-    lines = [f"{result['recipe']}: per stage (s)",
-             f"  {'stage':<18} {'edgekiln':>9} {'handwritten':>12} {'diff':>7}"]
-    steps = result["handwritten_steps_s"]
-    for node, seconds in result["edgekiln_stages_s"].items():
-        mine = steps.get(node.split("@")[0])
-        theirs = "-" if mine is None else f"{mine:.2f}"
-        diff = "" if mine is None else f"{seconds - mine:+.2f}"
-        lines.append(f"  {node:<18} {seconds:>9.2f} {theirs:>12} {diff:>7}")
-    inside, total = result["edgekiln_cold_in_process_s"], result["edgekiln_cold_s"]
-    lines.append(f"  {'sum of stages':<18} {sum(result['edgekiln_stages_s'].values()):>9.2f} "
-                 f"{sum(steps[s] for s in STAGES if s in steps):>12.2f}")
-    lines.append(f"  {'in-process total':<18} {inside:>9.2f} {steps['total']:>12.2f}")
-    lines.append(f"  {'process wall':<18} {total:>9.2f} {result['handwritten_s']:>12.2f}")
-    lines.append(f"  process start/imports/Hydra/exit: edgekiln {total - inside:.2f} s, "
-                 f"handwritten {result['handwritten_s'] - steps['total']:.2f} s")
-    return "\n".join(lines)
+def ratios(stats: dict[tuple[str, str], dict[str, Any]]) -> dict[str, float]:
+    """The comparisons the issue asks for, from medians."""
+    def median(group: str, name: str) -> float | None:
+        found = stats.get((group, name))
+        return found["median_s"] if found else None
+
+    found = {}
+    for group in {g for g, _ in stats}:
+        for exporter in ("dynamo", "torchscript"):
+            ours = median(group, f"cold, edgekiln ({exporter})")
+            theirs = median(group, f"cold, hand-written ({exporter})")
+            if ours and theirs:
+                found[f"{group}: cold edgekiln / hand-written ({exporter})"] = ours / theirs
+        fast, full = median(group, "no-op, fast path"), median(group, "no-op, full path")
+        if fast and full:
+            found[f"{group}: no-op full path / fast path"] = full / fast
+        olive = median(group, "no-op, Olive's cached rerun")
+        if fast and olive:
+            found[f"{group}: no-op Olive cached / edgekiln fast path"] = olive / fast
+        olive, ours = median(group, "cold, Olive"), median(group, "cold, edgekiln (dynamo)")
+        if ours and olive:
+            found[f"{group}: cold edgekiln (dynamo) / Olive"] = ours / olive
+        for count in (1, 2, 4):
+            one = median(group, f"cold, {count} target(s), jobs=1")
+            two = median(group, f"cold, {count} target(s), jobs=2")
+            if one and two:
+                found[f"{group}: {count} target(s), jobs=2 / jobs=1"] = two / one
+    return {k: round(v, 3) for k, v in sorted(found.items())}
+
+
+def markdown(stats: dict[tuple[str, str], dict[str, Any]], found: dict[str, float],
+             olive: str) -> str:
+    lines = ["| recipe | scenario | min s | median s | max s | peak RSS MB | runs |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for (group, name), s in stats.items():
+        lines.append(f"| {group} | {name} | {s['min_s']:.3f} | {s['median_s']:.3f} | "
+                     f"{s['max_s']:.3f} | {s['median_rss_mb']:.0f} | {s['runs']} |")
+    lines += ["", "| ratio of medians | value |", "|---|---:|"]
+    lines += [f"| {name} | {value:.2f} |" for name, value in found.items()]
+    return "\n".join([*lines, "", f"Olive: {olive}", ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--recipes", nargs="+", choices=sorted(SETUPS),
+                        default=["digits_torch", "resnet_jetson"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--noop-runs", type=int, default=7)
+    parser.add_argument("--no-targets", action="store_true", help="skip targets x jobs")
+    parser.add_argument("--olive-python", help="an interpreter with olive-ai installed")
     args = parser.parse_args()
-    results = [measure(recipe, max(args.repeat, 1)) for recipe in args.recipes]
-    print(summary(results))
-    for result in results:
-        print()
-        print(stage_table(result))
-    args.out.write_text(json.dumps({"results": results}, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    if not all(r["all_cached"] and r["cold_all_ran"] for r in results):
-        raise SystemExit("a cold build did not run every stage or a rebuild was not all cached")
+    bench = Bench(max(args.repeat, 1), max(args.noop_runs, 1), args.olive_python)
+    for recipe in args.recipes:
+        bench.cold_and_noop(recipe)
+    if not args.no_targets:
+        bench.targets_and_jobs()
+    olive = (f"benchmarks/olive_baseline.py with {args.olive_python}" if args.olive_python
+             else "not measured (no --olive-python; docs/benchmarks.md sets one up)")
+    stats = {key: samples.stats() for key, samples in bench.samples.items()}
+    found = ratios(stats)
+    table = markdown(stats, found, olive)
+    print(table)
+    OUT.with_suffix(".json").write_text(json.dumps(
+        {"python": sys.version, "cpus": os.cpu_count(), "olive": olive, "ratios": found,
+         "scenarios": [{"recipe": g, "scenario": n, **s} for (g, n), s in stats.items()]},
+        indent=2) + "\n")
+    OUT.with_suffix(".md").write_text(table)
+    print(f"wrote {OUT.with_suffix('.json')} and {OUT.with_suffix('.md')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

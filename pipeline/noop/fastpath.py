@@ -32,7 +32,13 @@ def exit_if_unchanged(argv: list[str]) -> None:
     start = time.perf_counter()
     path = record.record_path(argv)
     found = record.load(path)
-    if found is not None and record.unchanged(found):
+    restamped: watch.Files = {}
+    if found is not None and record.unchanged(found, restamped):
+        if restamped:  # equal content under a new stamp: the next check needs only a stat
+            for part in ("inputs", "outputs"):
+                files = found[part]["files"]
+                files.update({p: v for p, v in restamped.items() if p in files})
+            record.write(path, found)
         _finish(found, time.perf_counter() - start)
     previous = found["inputs"]["files"] if found else None
     _pending.update(path=path, artifacts=record.artifacts_dir(argv),

@@ -103,14 +103,15 @@ def load(path: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) and found.get("format") == FORMAT else None
 
 
-def unchanged(found: dict[str, Any]) -> bool:
-    """Whether everything the recorded build depended on and produced is as recorded."""
+def unchanged(found: dict[str, Any], restamped: watch.Files) -> bool:
+    """Whether everything the recorded build depended on and produced is as recorded; files
+    that had to be re-hashed to tell go into ``restamped``."""
     if any(watch.listing(p) != digest for p, digest in found["site"].items()):
         return False
     if site_listings().keys() != found["site"].keys():
         return False
-    return (watch.first_change(found["inputs"]) is None
-            and watch.first_change(found["outputs"]) is None)
+    return all(watch.first_change(found[part], restamped) is None
+               for part in ("inputs", "outputs"))
 
 
 def write(path: str, data: dict[str, Any]) -> None:

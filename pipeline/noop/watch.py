@@ -38,14 +38,23 @@ def take(paths: list[str], previous: Files | None = None,
     return {"files": walk.files, "folders": walk.folders}
 
 
-def first_change(recorded: dict[str, Any]) -> str | None:
-    """The first watched path whose content or listing differs from ``recorded``, or None."""
+def first_change(recorded: dict[str, Any], restamped: Files | None = None) -> str | None:
+    """The first watched path whose content or listing differs from ``recorded``, or None.
+
+    Files re-hashed and found equal go into ``restamped`` with their new stamp (when it can be
+    trusted), so that the record can be refreshed and the next check costs a stat again.
+    """
     for path, digest in recorded["folders"].items():
         if listing(path) != digest:
             return path
     for path, known in recorded["files"].items():
-        if _digest(path, known) != known[-1]:
+        if known[0] and _stamp(path) == known[0]:
+            continue
+        now = _Walk({}, sha256_file_at)._stamped(path)
+        if now[-1] != known[-1]:
             return path
+        if restamped is not None and now[0]:
+            restamped[path] = now
     return None
 
 
@@ -68,24 +77,22 @@ class _Walk:
     def _stamped(self, path: str) -> list[Any]:
         try:
             stat = os.stat(path)
-        except FileNotFoundError:
+            stamp = stat_stamp(stat)
+            known = self.previous.get(path)
+            digest = known[-1] if known and known[0] == stamp else self.digest(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return [[], "missing"]
-        stamp = stat_stamp(stat)
-        known = self.previous.get(path)
-        digest = known[-1] if known and known[0] == stamp else self.digest(path)
+        except OSError:
+            return [[], "unreadable"]
         trusted = time.time_ns() - stat.st_ctime_ns > RACY_NS
         return [stamp if trusted else [], digest]
 
 
-def _digest(path: str, known: list[Any]) -> str:
+def _stamp(path: str) -> list[int] | None:
     try:
-        if known[0] and stat_stamp(os.stat(path)) == known[0]:
-            return known[-1]
-        return sha256_file_at(path)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return "missing"
+        return stat_stamp(os.stat(path))
     except OSError:
-        return "unreadable"
+        return None
 
 
 def listing(path: str) -> str:
