@@ -18,8 +18,6 @@ import json
 import logging
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,10 +31,7 @@ if TYPE_CHECKING:
     from stages.common.datasets.splits import Feed
 
 log = logging.getLogger(__name__)
-# quant_pre_process in a child process (its CLI refuses models with external data)
-PRE_PROCESS = ("import json, sys\n"
-               "from onnxruntime.quantization.shape_inference import quant_pre_process\n"
-               "quant_pre_process(**json.loads(sys.argv[1]))\n")
+PRE_PROCESSED_WEIGHTS = "edgekiln-preprocessed.onnx.data"
 
 FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
 TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
@@ -281,48 +276,63 @@ def _pre_process(source: Path, directory: Path) -> Path:
     The quantizer leaves tensors of unknown shape in float; the pass fuses Conv+BN/Add/Mul. After
     optimize (basic + shape inference) it changed nothing on resnet18 (+0.16 s), but it covers
     optimize.level=none or shape_inference=false, and symbolic inference helps transformers.
+    In this process: a child process of its own cost 2.5-6 s of imports per quantize node.
     """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     directory.mkdir()
     contrib = sorted(op for op in model_stats(source)["ops"] if ":" in op)
     if contrib:  # measured: resnet18 after level=extended keeps 9 FusedConv in float
         log.warning("quantize: the quantizer leaves contrib ops %s in float; optimize.level="
                     "basic keeps them plain, quantizable ops", ", ".join(contrib))
-    options = {"input_model": str(onnx_files.model_file(source).resolve()),
-               "output_model_path": str(onnx_files.model_file(directory).resolve()),
-               "skip_symbolic_shape": bool(contrib)}
-    if onnx_files.external_data_files(onnx_files.model_file(source)):
-        options |= {"save_as_external_data": True, "all_tensors_to_one_file": True,
-                    "external_data_location": onnx_files.WEIGHTS_FILE}
-    # symbolic shape inference gives up on contrib ops; ONNX's then runs alone
-    failed = _run_tool(PRE_PROCESS, options, directory)
-    if failed:  # it raises a bare Exception for any op it cannot follow
-        log.warning("quantize: symbolic shape inference failed (%s); using ONNX's alone", failed)
-        if error := _run_tool(PRE_PROCESS, {**options, "skip_symbolic_shape": True}, directory):
-            raise StageError(f"onnxruntime's quantization pre-processing failed: {error}")
+    shapes = directory.parent / f".{directory.name}.shapes"
+    try:
+        # symbolic shape inference gives up on contrib ops; ONNX's then runs alone
+        model = onnx_files.model_file(source) if contrib else _with_symbolic_shapes(source, shapes)
+        options: dict[str, Any] = {"skip_symbolic_shape": True}
+        if onnx_files.external_data_files(model):
+            # a name no user folder holds: onnx refuses to save external data whose file name
+            # exists in the working directory (it checks the location against the cwd)
+            options |= {"save_as_external_data": True, "all_tensors_to_one_file": True,
+                        "external_data_location": PRE_PROCESSED_WEIGHTS}
+        quant_pre_process(str(model.resolve()), str(onnx_files.model_file(directory).resolve()),
+                          **options)
+    except Exception as exc:  # it raises what onnx and onnxruntime raise, bare Exception too
+        raise StageError(f"onnxruntime's quantization pre-processing failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(shapes, ignore_errors=True)
     if not onnx_files.model_file(directory).is_file():
         raise StageError("onnxruntime's quantization pre-processing wrote no model")
     return onnx_files.model_file(directory)
 
 
-def _run_tool(code: str, arguments: dict[str, Any], scratch: Path) -> str | None:
-    """Run ``code`` (given ``arguments`` as JSON) in a child process working in a folder
-    beside ``scratch``; returns the last line it printed on failure, else None.
+def _with_symbolic_shapes(source: Path, scratch: Path) -> Path:
+    """The model with onnxruntime's symbolic shape inference applied, saved in ``scratch``;
+    the source model as it is if the inference gives up.
 
-    In a child process of its own so that what it writes to its working directory (symbolic
-    shape inference saves sym_shape_infer_temp.onnx and a weights file there when it gives up)
-    lands in the stage's scratch space, never in the user's folder.
+    This is ``SymbolicShapeInference.infer_shapes``'s own loop without its last step, which on
+    giving up saves the model into the working directory (sym_shape_infer_temp.onnx and a
+    weights file: 90 MB per run on MiniLM) before raising.
     """
-    work = scratch.parent / f".{scratch.name}.cwd"
-    work.mkdir(exist_ok=True)
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=False,
+                                       guess_output_rank=False, verbose=0)
     try:
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(arguments)], cwd=work,
-                              capture_output=True, text=True, check=False, timeout=3600)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if proc.returncode == 0:
-        return None
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else f"exit {proc.returncode}"
+        inference._preprocess(onnx_files.load_model(onnx_files.model_file(source)))
+        complete = False
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+    except Exception as exc:  # it raises a bare Exception for any op it cannot follow
+        complete, why = False, str(exc)
+    else:
+        why = "some shapes stay unknown"
+    if not complete:
+        log.warning("quantize: symbolic shape inference failed (%s); using ONNX's alone", why)
+        return onnx_files.model_file(source)
+    return onnx_files.save_model(inference.out_mp_, scratch)
 
 
 def _to_fp16(source: Path, out: Path) -> None:
