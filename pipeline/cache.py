@@ -67,12 +67,12 @@ class Entry:
 
 def open_cache(run: dict[str, Any]) -> Cache:
     """The cache a run's ``run:`` section names: ``run.cache_dir``, and ``run.cache_url``
-    behind it if set (checked to be reachable here, before any stage runs)."""
+    behind it if set (its bucket is checked at the first local miss, before any build)."""
     remote = None
     if run.get("cache_url"):
         from pipeline.remote_cache import RemoteStore  # fsspec only for a shared cache
 
-        remote = RemoteStore.open(run["cache_url"])
+        remote = RemoteStore(run["cache_url"])
     return Cache(Path(run["cache_dir"]), remote)
 
 
@@ -125,18 +125,23 @@ class Cache:
 
     def _fetch(self, key: str) -> Entry | None:
         """The shared cache's entry for ``key``, downloaded, verified and committed here."""
-        with self.lock(key):
-            if self._entry_dir(key).exists():  # another run fetched or built it meanwhile
-                return self._read(key)[0]
-            staged = self.staging(key)
-            try:
-                meta = self.remote.fetch(key, staged / "out")  # type: ignore[union-attr]
-                if meta is None:
-                    return None
-                _seal(staged / "out")
-                return replace(self._install(key, staged, meta), remote=True)
-            finally:
-                self.discard(staged)  # nothing left once installed
+        try:
+            with self.lock(key):
+                if self._entry_dir(key).exists():  # another run fetched or built it meanwhile
+                    return self._read(key)[0]
+                staged = self.staging(key)
+                try:
+                    meta = self.remote.fetch(key, staged / "out")  # type: ignore[union-attr]
+                    if meta is None:
+                        return None
+                    _seal(staged / "out")
+                    return replace(self._install(key, staged, meta), remote=True)
+                finally:
+                    self.discard(staged)  # nothing left once installed
+        except OSError as exc:  # a read-only or full local cache cannot keep it: a miss
+            log.warning("cache entry %s cannot be fetched into %s (%s)", key[:12], self.root,
+                        exc.strerror or exc)
+            return None
 
     def _verify(self, out: Path, meta: dict[str, Any]) -> str | None:
         files: dict[str, str] = meta["files"]
@@ -219,6 +224,8 @@ class Cache:
 
     def staging(self, key: str) -> Path:
         """A fresh, empty build directory for ``key`` (call while holding its lock)."""
+        if self.remote is not None:  # nothing builds unless its output can be shared
+            self.remote.ready()
         tmp_root = self.root / "tmp"
         for stale in tmp_root.glob(f"{key}.*"):
             _remove(stale)  # left by a killed run; we hold the lock, so nobody uses it

@@ -19,8 +19,10 @@ for s3fs options), never from the recipe. fsspec and its implementations are imp
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import threading
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -39,44 +41,40 @@ S3_DEFAULTS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
 
 
 class RemoteStore:
-    """Entries under one fsspec URL: ``fetch`` (verified download) and ``upload``."""
+    """Entries under one fsspec URL: ``fetch`` (verified download) and ``upload``.
 
-    def __init__(self, url: str, fs: AbstractFileSystem, root: str) -> None:
+    The URL is checked when the store is made (a recipe error); the connection is opened and
+    the bucket checked at the first use (``ready``), before the first download or build, so a
+    rebuild that finds everything in the local cache never pays for importing s3fs.
+    """
+
+    def __init__(self, url: str) -> None:
+        check_url(url)
         self.url = url
-        self.fs = fs
-        self.root = root.rstrip("/")
-        # a directory tree (file://) rather than a bucket: it has directories and a rename
-        self.local = bool(getattr(fs, "local_file", False))
+        self.fs: AbstractFileSystem | None = None  # set by ready()
+        self.root = ""
+        self.local = False  # a directory tree (file://): it has directories and a rename
+        self._opening = threading.Lock()
+        self._problem: str | None = None  # why the store cannot be used, once found
         # keys whose remote entry was found damaged or out of date: their rebuild replaces it
         self.replace: set[str] = set()
         self.read_only: str | None = None  # why uploads stopped (access denied), if they did
 
-    @classmethod
-    def open(cls, url: str) -> RemoteStore:
-        """The store at ``url``, checked to be reachable (exit 5 if not, before any stage)."""
-        store = cls(url, *_filesystem(url))
-        store.probe()
-        return store
-
-    def probe(self) -> None:
-        where = f"run.cache_url={self.url}"
-        try:
-            if self.local:  # a directory tree: make it, as the local cache does
-                self.fs.makedirs(self.root, exist_ok=True)
-            else:  # a bucket: it must exist; a prefix is only a name and needs nothing
-                self.fs.info(self.root.split("/", 1)[0])
-        except FileNotFoundError as exc:
-            raise EnvironmentProblem(f"{where}: the bucket does not exist ({exc}); create it "
-                                     "or point run.cache_url at an existing one") from exc
-        except PermissionError as exc:
-            raise EnvironmentProblem(
-                f"{where}: access denied ({exc}); the credentials come from the environment "
-                "(for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws or the "
-                "machine's role), never from the recipe") from exc
-        except Exception as exc:  # each fsspec implementation raises its own network errors
-            raise EnvironmentProblem(
-                f"{where}: cannot be reached ({type(exc).__name__}: {exc}); check the network "
-                "and the endpoint (AWS_ENDPOINT_URL for an S3-compatible server)") from exc
+    def ready(self) -> None:
+        """Connect once and check the bucket: EnvironmentProblem (exit 5) if it cannot be used."""
+        with self._opening:
+            if self._problem is not None:
+                raise EnvironmentProblem(self._problem)
+            if self.fs is not None:
+                return
+            fs, root = _filesystem(self.url)
+            try:
+                _probe(fs, root.rstrip("/"), f"run.cache_url={self.url}")
+            except EnvironmentProblem as exc:
+                self._problem = str(exc)
+                raise
+            self.fs, self.root = fs, root.rstrip("/")
+            self.local = bool(getattr(fs, "local_file", False))
 
     def _meta_path(self, key: str) -> str:
         return f"{self.root}/meta/{key}.json"
@@ -90,8 +88,9 @@ class RemoteStore:
         A damaged or partial remote entry is logged and is a miss (its key goes into
         ``replace``, so the rebuild's upload replaces it); a network error is a miss too.
         """
+        self.ready()
         try:
-            record = json.loads(self.fs.cat_file(self._meta_path(key)))
+            record = json.loads(self.fs.cat_file(self._meta_path(key)))  # type: ignore[union-attr]
         except FileNotFoundError:
             return None
         except Exception as exc:  # unreadable JSON, or the implementation's network error
@@ -133,6 +132,7 @@ class RemoteStore:
         """
         if self.read_only is not None:
             return
+        self.ready()
         try:
             if key not in self.replace and self.fs.exists(self._meta_path(key)):
                 return
@@ -196,31 +196,63 @@ def _safe_name(name: str) -> bool:
     return bool(parts) and not name.startswith("/") and not {"..", "."} & set(parts)
 
 
-def _filesystem(url: str) -> tuple[AbstractFileSystem, str]:
-    """fsspec's file system and root path for ``url``; RecipeError if there is none here."""
+def _probe(fs: AbstractFileSystem, root: str, where: str) -> None:
+    try:
+        if getattr(fs, "local_file", False):  # a directory tree: make it, as the local cache does
+            fs.makedirs(root, exist_ok=True)
+        else:  # a bucket: it must exist; a prefix is only a name and needs nothing
+            fs.info(root.split("/", 1)[0])
+    except FileNotFoundError as exc:
+        raise EnvironmentProblem(f"{where}: the bucket does not exist ({exc}); create it "
+                                 "or point run.cache_url at an existing one") from exc
+    except PermissionError as exc:
+        raise EnvironmentProblem(
+            f"{where}: access denied ({exc}); the credentials come from the environment "
+            "(for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws or the "
+            "machine's role), never from the recipe") from exc
+    except Exception as exc:  # each fsspec implementation raises its own network errors
+        raise EnvironmentProblem(
+            f"{where}: cannot be reached ({type(exc).__name__}: {exc}); check the network "
+            "and the endpoint (AWS_ENDPOINT_URL for an S3-compatible server)") from exc
+
+
+def check_url(url: str) -> None:
+    """RecipeError unless fsspec here has an implementation for ``url`` (imports none)."""
+    protocol, _, path = url.partition("://")
     if "://" not in url:
         raise RecipeError(f"run.cache_url={url} is not a URL: expected one such as "
                           "s3://bucket/prefix, gs://bucket/prefix or file:///path")
+    if not path.strip("/"):
+        raise RecipeError(f"run.cache_url={url} names no bucket or directory")
     try:
         import fsspec
-        from fsspec.core import url_to_fs
+        from fsspec.registry import known_implementations, registry
     except ImportError as exc:
         raise RecipeError(f"run.cache_url={url} needs fsspec, which is not installed: "
                           f"{INSTALL}") from exc
-    protocol = url.split("://", 1)[0]
-    options: dict[str, Any] = {"skip_instance_cache": True}  # each run reads the env afresh
-    if protocol in ("s3", "s3a") and "config_kwargs" not in fsspec.config.conf.get("s3", {}):
-        options.update(S3_DEFAULTS)
-    try:
-        fs, root = url_to_fs(url, **options)
-    except ImportError as exc:  # a known protocol whose implementation is not installed
-        raise RecipeError(f"run.cache_url={url}: fsspec's {protocol}:// needs a package "
-                          f"that is not installed ({exc}); for s3:// and file://: "
-                          f"{INSTALL}") from exc
-    except ValueError as exc:
+    if protocol not in fsspec.available_protocols():
         raise RecipeError(f"run.cache_url={url}: fsspec knows no protocol '{protocol}'."
                           + did_you_mean(protocol, fsspec.available_protocols())
-                          + " Expected s3://, gs://, file:// or another fsspec protocol") from exc
-    if not root.strip("/"):
-        raise RecipeError(f"run.cache_url={url} names no bucket or directory")
-    return fs, root
+                          + " Expected s3://, gs://, file:// or another fsspec protocol")
+    known = known_implementations.get(protocol, {})
+    module = known.get("class", "fsspec").split(".", 1)[0]
+    if protocol not in registry and importlib.util.find_spec(module) is None:
+        raise RecipeError(f"run.cache_url={url}: fsspec's {protocol}:// needs the package "
+                          f"{module}, which is not installed ({known.get('err', '')}); for "
+                          f"s3:// and file://: {INSTALL}")
+
+
+def _filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """fsspec's file system and root path for a checked ``url`` (imports its package)."""
+    import fsspec
+    from fsspec.core import url_to_fs
+
+    options: dict[str, Any] = {"skip_instance_cache": True}  # each run reads the env afresh
+    if url.startswith(("s3://", "s3a://")) and "config_kwargs" not in fsspec.config.conf.get(
+            "s3", {}):
+        options.update(S3_DEFAULTS)
+    try:
+        return url_to_fs(url, **options)
+    except (ImportError, ValueError) as exc:  # check_url passed: a broken installation
+        raise RecipeError(f"run.cache_url={url}: fsspec cannot open it ({exc}); "
+                          f"{INSTALL}") from exc

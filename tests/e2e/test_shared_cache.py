@@ -59,14 +59,15 @@ def test_a_second_machine_gets_every_stage_from_the_bucket(s3_bucket: S3Bucket,
     assert not any("from" in stage for stage in third["stages"])
 
 
-def test_an_unreachable_bucket_stops_the_run_before_any_stage(tmp_path: Path) -> None:
+def test_an_unreachable_bucket_stops_the_run_before_any_build(tmp_path: Path) -> None:
     work = _workdir(tmp_path / "w")
     env = aws_env(f"http://127.0.0.1:{free_port()}", tmp_path)  # nothing listens there
     result = run_cli("recipe=digits_torch", "run.artifacts_dir=artifacts",
                      "model.checkpoint=digits_cnn.pt", "run.cache_url=s3://nightly/cache",
                      cwd=work, env=env, timeout=120)
     assert result.code == 5, result.stderr
-    assert "edgekiln: environment: run.cache_url=s3://nightly/cache: cannot be reached" \
-        in result.stderr
+    assert "edgekiln: environment: stage 'export': run.cache_url=s3://nightly/cache: cannot " \
+        "be reached" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "ran" not in statuses(run_record(work / "artifacts", "digits_torch")).values()
     assert not (work / "artifacts" / ".cache" / "objects").exists()

@@ -224,17 +224,34 @@ def test_a_protocol_without_its_package_says_what_to_install(tmp_path: Path) -> 
 
 def test_a_missing_bucket_is_a_machine_problem(s3_bucket: S3Bucket, tmp_path: Path) -> None:
     with pytest.raises(EnvironmentProblem, match="bucket does not exist"):
-        _cache(tmp_path, "s3://no-such-bucket/p")
+        _cache(tmp_path, "s3://no-such-bucket/p").lookup(KEY)
 
 
-def test_an_unreachable_endpoint_fails_in_seconds(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def _unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in aws_env(f"http://127.0.0.1:{free_port()}", tmp_path).items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value)  # nothing listens on that port
+
+
+def test_an_unreachable_endpoint_fails_in_seconds_before_any_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _unreachable(tmp_path, monkeypatch)
+    cache = _cache(tmp_path, "s3://bucket/p")
     start = time.monotonic()
     with pytest.raises(EnvironmentProblem, match="cannot be reached"):
-        _cache(tmp_path, "s3://bucket/p")
+        cache.lookup(KEY)
     assert time.monotonic() - start < 30
+    with pytest.raises(EnvironmentProblem, match=r"run\.cache_url=s3://bucket/p"):
+        cache.staging(KEY)  # a forced build, which looks nothing up, is stopped too
+    assert not (tmp_path / "tmp").exists()
+
+
+def test_a_rebuild_that_finds_everything_locally_never_opens_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _commit(Cache(tmp_path))
+    _unreachable(tmp_path, monkeypatch)
+    cache = _cache(tmp_path, "s3://bucket/p")
+    assert cache.lookup(KEY) is not None
+    assert cache.remote.fs is None  # type: ignore[union-attr]
 
 
 def test_denied_access_is_a_machine_problem_naming_the_credentials(
@@ -243,6 +260,6 @@ def test_denied_access_is_a_machine_problem_naming_the_credentials(
         for name, value in aws_env(server.endpoint, tmp_path).items():
             monkeypatch.setenv(name, value)
         with pytest.raises(EnvironmentProblem, match="access denied") as caught:
-            _cache(tmp_path, "s3://bucket/p")
+            _cache(tmp_path, "s3://bucket/p").lookup(KEY)
     assert "run.cache_url=s3://bucket/p" in str(caught.value)
     assert "never from the recipe" in str(caught.value)
