@@ -295,6 +295,7 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
+
 def _seal(out: Path) -> None:
     for path in list_files(out):
         path.chmod(0o444)
