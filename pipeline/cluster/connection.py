@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,8 @@ def connect(ray_cfg: dict[str, Any]) -> ModuleType:
         _private_token()
     elif address != "auto":
         _check_reachable(address)
+    # ray.init makes SIGTERM exit on the spot; the run's own handler discards staged builds
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, runtime_env={"env_vars": worker_environment()},
                  logging_level=logging.WARNING, include_dashboard=False)
@@ -53,6 +57,9 @@ def connect(ray_cfg: dict[str, Any]) -> ModuleType:
                 if "Authentication" in repr(exc.__cause__) else "")
         raise EnvironmentProblem(f"run.ray.address={address}: cannot join the Ray cluster "
                                  f"there: {exc}.{hint}") from exc
+    finally:
+        if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
     return ray
 
 

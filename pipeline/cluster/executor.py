@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from pipeline.executor import Display
     from pipeline.plan import Node, Plan
 
-WAIT_S = 1.0  # how often the driver looks at the cluster while tasks run
+POLL_S = 0.1  # how often the driver looks for finished tasks
+RECHECK_S = 1.0  # how often it looks whether every running task can still be placed
 
 
 def run(plan: Plan, cache: Cache, run_cfg: dict[str, Any],
@@ -62,6 +63,7 @@ class _Driver:
     task: Any  # the remote function of worker.build
     results: dict[str, NodeResult] = field(default_factory=dict)
     running: dict[Any, tuple[Node, placement.Request]] = field(default_factory=dict)
+    checked: float = 0.0  # time.monotonic() of the last look at the workers
 
     def schedule(self, pending: dict[str, Node]) -> None:
         while True:
@@ -116,12 +118,20 @@ class _Driver:
         self.running[self.task.options(**wanted.options()).remote(job)] = (node, wanted)
 
     def collect(self) -> None:
-        """Take in what finished within WAIT_S; else look whether every task can still run."""
-        done, _ = self.ray.wait(list(self.running), num_returns=1, timeout=WAIT_S)
+        """Take in what has finished, else wait a moment; now and then look at the workers.
+
+        The wait is Python's, not ray.wait's: a signal arriving inside Ray's blocking wait
+        comes out as a plain KeyboardInterrupt, and the run would report SIGTERM as SIGINT.
+        """
+        done, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
         for ref in done:
             node, _wanted = self.running.pop(ref)
             self.finish(self._result(node, ref))
-        if not done:
+        if done:
+            return
+        time.sleep(POLL_S)
+        if time.monotonic() - self.checked >= RECHECK_S:
+            self.checked = time.monotonic()
             self._recheck()
 
     def _recheck(self) -> None:

@@ -14,6 +14,7 @@ import collections
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -183,6 +184,34 @@ def _bundle(artifacts: Path, target: str) -> dict[str, Any]:
                if not name.startswith(("validate", "package"))}
     return {"digests": digests,
             "model": hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()}
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigterm_stops_the_run_and_its_tasks(team: dict[str, Path],
+                                            cluster: ray_cluster.Cluster) -> None:
+    artifacts = team["root"] / "stopped"
+    build = _pause_run(team, artifacts, *_on_ray(cluster, artifacts)[:2], env=cluster.env)
+    marker = team["markers"] / _wait_for_marker(team["markers"], build, timeout=120)
+    task_pid = int(marker.read_text())
+    build.send_signal(signal.SIGTERM)
+    _out, err = build.communicate(timeout=60)
+    marker.unlink()
+    assert build.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "edgekiln: interrupted (SIGTERM)" in err
+    assert _gone(task_pid, timeout=30)  # the task on the extra worker was stopped
+    built = [json.loads(meta.read_text())["node"]
+             for meta in (artifacts / ".cache" / "objects").glob("*/*/meta.json")]
+    assert f"pause@{marker.name}" not in built
 
 
 def test_a_killed_worker_s_node_reruns_elsewhere_with_the_same_result(
