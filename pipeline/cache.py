@@ -12,6 +12,8 @@ Layout under the cache root::
 
 An entry exists only once its directory has been renamed into ``objects/``, complete with
 ``meta.json``; a killed build leaves at most a directory under ``tmp/``, which nothing reads.
+With ``run.cache_url`` a shared store (pipeline/remote_cache.py) stands behind this one: a local
+miss is fetched from it, verified and committed here; each local commit is uploaded to it.
 Every lookup verifies the entry before handing it on (as Bazel checks its action outputs):
 each file's size and sha256 against meta.json, through the digest memo, so an unchanged entry
 costs a stat per file. A damaged entry is moved to ``quarantine/`` and is a miss.
@@ -28,7 +30,7 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,8 @@ from pipeline.hashing import DigestState, file_digests, list_files, tree_digest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from pipeline.remote_cache import RemoteStore
+
 log = logging.getLogger(__name__)
 _counter = itertools.count()
 WAIT_NOTICE_S = 1.0  # a run waiting longer than this for a lock says who holds it
@@ -50,6 +54,7 @@ class Entry:
     key: str
     path: Path
     meta: dict[str, Any]
+    remote: bool = False  # fetched from the shared cache (run.cache_url) by this lookup
 
     @property
     def out(self) -> Path:
@@ -61,13 +66,20 @@ class Entry:
 
 
 def open_cache(run: dict[str, Any]) -> Cache:
-    """The cache a run's ``run:`` section names (``run.cache_dir``)."""
-    return Cache(Path(run["cache_dir"]))
+    """The cache a run's ``run:`` section names: ``run.cache_dir``, and ``run.cache_url``
+    behind it if set (its bucket is checked at the first local miss, before any build)."""
+    remote = None
+    if run.get("cache_url"):
+        from pipeline.remote_cache import RemoteStore  # fsspec only for a shared cache
+
+        remote = RemoteStore(run["cache_url"])
+    return Cache(Path(run["cache_dir"]), remote)
 
 
 class Cache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: RemoteStore | None = None) -> None:
         self.root = root
+        self.remote = remote
         self.state = DigestState(root / "state.json")
         # key -> why its damaged entry was quarantined this run (the rebuild's note)
         self.repaired: dict[str, str] = {}
@@ -85,8 +97,12 @@ class Cache:
                 entry, damage = self._read(key)
                 if damage is not None:
                     self._quarantine(key, damage)
+        if entry is None and self.remote is not None:
+            entry = self._fetch(key)
         if entry is not None and (changed := self._changed_import(entry)):
             log.info("cache entry %s is out of date: %s changed", key[:12], changed)
+            if self.remote is not None:  # the shared copy is as old: the rebuild replaces it
+                self.remote.replace.add(key)
             return None
         return entry
 
@@ -106,6 +122,26 @@ class Cache:
             return None, "meta.json does not describe this entry"
         damage = self._verify(path / "out", meta)
         return (None, damage) if damage else (Entry(key, path, meta), None)
+
+    def _fetch(self, key: str) -> Entry | None:
+        """The shared cache's entry for ``key``, downloaded, verified and committed here."""
+        try:
+            with self.lock(key):
+                if self._entry_dir(key).exists():  # another run fetched or built it meanwhile
+                    return self._read(key)[0]
+                staged = self.staging(key)
+                try:
+                    meta = self.remote.fetch(key, staged / "out")  # type: ignore[union-attr]
+                    if meta is None:
+                        return None
+                    _seal(staged / "out")
+                    return replace(self._install(key, staged, meta), remote=True)
+                finally:
+                    self.discard(staged)  # nothing left once installed
+        except OSError as exc:  # a read-only or full local cache cannot keep it: a miss
+            log.warning("cache entry %s cannot be fetched into %s (%s)", key[:12], self.root,
+                        exc.strerror or exc)
+            return None
 
     def _verify(self, out: Path, meta: dict[str, Any]) -> str | None:
         files: dict[str, str] = meta["files"]
@@ -188,6 +224,8 @@ class Cache:
 
     def staging(self, key: str) -> Path:
         """A fresh, empty build directory for ``key`` (call while holding its lock)."""
+        if self.remote is not None:  # nothing builds unless its output can be shared
+            self.remote.ready()
         tmp_root = self.root / "tmp"
         for stale in tmp_root.glob(f"{key}.*"):
             _remove(stale)  # left by a killed run; we hold the lock, so nobody uses it
@@ -196,14 +234,21 @@ class Cache:
         return path
 
     def commit(self, key: str, staged: Path, meta: dict[str, Any]) -> Entry:
-        """Digest the staged output, seal it read-only and move it into place atomically."""
+        """Digest the staged output, seal it read-only and move it into place atomically;
+        then upload it to the shared cache, if there is one."""
         out = staged / "out"
-        for path in list_files(out):
-            path.chmod(0o444)  # before digesting: what is digested can no longer be written
+        _seal(out)  # before digesting: what is digested can no longer be written
         files = file_digests(out)
         sizes = {name: (out / name).stat().st_size for name in files}
         meta = {**meta, "key": key, "files": files, "sizes": sizes,
                 "digest": tree_digest(files), "created": time.time()}
+        entry = self._install(key, staged, meta)
+        if self.remote is not None:
+            self.remote.upload(key, entry.out, entry.meta)
+        return entry
+
+    def _install(self, key: str, staged: Path, meta: dict[str, Any]) -> Entry:
+        """Add ``meta`` (its digests known) to sealed ``staged`` and rename it into place."""
         (staged / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         final = self._entry_dir(key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +294,11 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+def _seal(out: Path) -> None:
+    for path in list_files(out):
+        path.chmod(0o444)
+
 
 def _remove(path: Path) -> None:
     if path.is_dir():

@@ -202,6 +202,9 @@ class RunConfig:
     targets: list[str] = field(default_factory=list)
     artifacts_dir: str = "artifacts"
     cache_dir: str = "${run.artifacts_dir}/.cache"
+    # a shared cache behind cache_dir (s3://bucket/prefix, gs://..., file:///path: any fsspec
+    # protocol); credentials come from the environment, never from the recipe
+    cache_url: str | None = None
     progress: bool = True
     # bundle versions kept per bundle under artifacts/<recipe>/.versions/, the live one included
     keep_bundles: int = 3

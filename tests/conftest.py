@@ -9,6 +9,9 @@ from omegaconf import OmegaConf
 
 from pipeline.registry import StageContext
 
+# s3_server / s3_bucket: a real S3-protocol server on loopback for the shared-cache tests
+pytest_plugins = ("tests.fixtures.s3_server",)
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
