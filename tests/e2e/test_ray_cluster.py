@@ -14,10 +14,12 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,11 +27,13 @@ import yaml
 
 from tests.fixtures import ray_cluster
 from tests.fixtures.cli import _PROBE, ROOT, run_cli, run_record, statuses
+from tests.fixtures.s3_server import aws_env
 from tests.fixtures.team import team_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
+
+    from tests.fixtures.s3_server import S3Bucket, S3Server
 
 pytestmark = pytest.mark.slow
 
@@ -110,10 +114,12 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def cluster(team: dict[str, Path]) -> Iterator[ray_cluster.Cluster]:
+def cluster(team: dict[str, Path], s3_server: S3Server) -> Iterator[ray_cluster.Cluster]:
+    # every machine reaches the shared cache with credentials of its own environment
+    aws = aws_env(s3_server.endpoint, team["root"])
     running = ray_cluster.start([
-        ray_cluster.Node(2, {"edgekiln/a": 1}),
-        ray_cluster.Node(1, {"edgekiln/b": 1}, env={MARKERS: str(team["markers"])})])
+        ray_cluster.Node(2, {"edgekiln/a": 1}, env=aws),
+        ray_cluster.Node(1, {"edgekiln/b": 1}, env={**aws, MARKERS: str(team["markers"])})])
     try:
         yield running
     finally:
@@ -152,6 +158,27 @@ def test_a_multirun_shares_stages_and_validates_on_the_target_s_worker(
     verdicts = {row["bundle"]: row["verdict"] for row in records["ray_b"]["bundles_summary"]}
     assert "no worker with resource edgekiln/nowhere" in verdicts["far"]
     assert time.monotonic() - started < 200
+
+
+def test_a_second_folder_on_the_cluster_gets_every_stage_from_the_bucket(
+        cluster: ray_cluster.Cluster, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    """Workers build and upload; another folder with an empty local cache reads it all back."""
+    records = []
+    for name in ("first", "second"):
+        work = tmp_path / name
+        work.mkdir()  # the checkpoint at the same relative path: it is part of export's key
+        shutil.copy(ROOT / "recipes" / "zoo" / "digits_cnn.pt", work / "digits_cnn.pt")
+        result = run_cli("recipe=digits_torch", "pipeline=fp32", "model.checkpoint=digits_cnn.pt",
+                         *_on_ray(cluster, Path("artifacts")), f"run.cache_url={s3_bucket.url()}",
+                         cwd=work, env={**s3_bucket.env, **cluster.env}, timeout=240)
+        assert result.code == 0, result.stderr[-4000:]
+        records.append(run_record(work / "artifacts", "digits_torch"))
+    first, second = records
+    assert set(statuses(first).values()) == {"ran"}
+    assert all(s["where"]["node_id"] in cluster.node_ids for s in first["stages"])
+    assert set(statuses(second).values()) == {"cached"}
+    assert all(s.get("from") == "remote" for s in second["stages"])
+    assert [s["key"] for s in second["stages"]] == [s["key"] for s in first["stages"]]
 
 
 def _pause_run(team: dict[str, Path], artifacts: Path, *args: str,
