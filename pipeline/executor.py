@@ -53,6 +53,8 @@ class NodeResult:
     lost: str | None = None
     # why a node ran although it had been cached (its entry was damaged and quarantined)
     note: str | None = None
+    # where a cluster executor ran it: {"node_id": ..., "host": ...}; None on this machine
+    where: dict[str, str] | None = None
 
 
 def run(plan: Plan, cache: Cache, jobs: int, display: Display) -> dict[str, NodeResult]:
@@ -131,11 +133,16 @@ class _Runner:
     inflight: InFlight = field(default_factory=InFlight)
 
     def run_node(self, node: Node) -> NodeResult:
-        start = time.perf_counter()
         inputs = {slot: self.results[up].entry for slot, up in node.upstream.items()
                   if self.results[up].status != "lost"}
         lost = {slot: self.results[up].lost or "" for slot, up in node.upstream.items()
                 if self.results[up].status == "lost"}
+        return self.run_with(node, inputs, lost)  # type: ignore[arg-type]
+
+    def run_with(self, node: Node, inputs: dict[str, Entry],
+                 lost: dict[str, str]) -> NodeResult:
+        """Find or build ``node`` from its input entries (a cluster worker calls this too)."""
+        start = time.perf_counter()
         try:
             digests = {slot: entry.digest for slot, entry in inputs.items()}  # type: ignore[union-attr]
             payload = key_payload(node, digests, self.cache.state)
@@ -259,3 +266,25 @@ def _context(node: Node, inputs: dict[str, Entry], out: Path,
     OmegaConf.set_readonly(config, True)
     return StageContext(config=config, inputs={s: e.out for s, e in inputs.items()}, out=out,
                         target=node.target, report=report, kind=node.spec.kind, lost=lost)
+
+
+class _Quiet:
+    """The display of a node built away from the run's terminal (a cluster worker)."""
+
+    def started(self, node: Node) -> None: ...
+    def status(self, node: Node, message: str) -> None: ...
+    def finished(self, result: NodeResult) -> None: ...
+
+
+def build_one(node: Node, inputs: dict[str, Entry], lost: dict[str, str], cache: Cache,
+              reuses: bool) -> NodeResult:
+    """Find or build one node from its input entries, as a run would (a cluster worker's task).
+
+    ``reuses``: whether a cached entry may stand in for the build (not forced, not ``cache:
+    false``).
+    """
+    from pipeline.plan import Plan
+
+    alone = Plan(recipe=node.name, resolved={}, targets=(), nodes={node.name: node},
+                 force=frozenset() if reuses else frozenset({node.name}))
+    return _Runner(alone, cache, _Quiet()).run_with(node, inputs, lost)

@@ -189,8 +189,11 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _target_view(resolved: dict[str, Any], target: str) -> dict[str, Any]:
-    # the name is part of the target section: stages that read it may write it into outputs
-    return {**resolved, "target": {**resolved["targets"][target], "name": target}}
+    # the name is part of the target section: stages that read it may write it into outputs;
+    # where a stage runs (runtime.ray_resources) is not: it stays out of configs and keys
+    section = resolved["targets"][target]
+    runtime = {k: v for k, v in section["runtime"].items() if k != "ray_resources"}
+    return {**resolved, "target": {**section, "runtime": runtime, "name": target}}
 
 
 def _select_targets(resolved: dict[str, Any]) -> tuple[str, ...]:

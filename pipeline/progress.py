@@ -53,8 +53,9 @@ class LiveDisplay:
             if task is not None:
                 self._progress.remove_task(task)
         style = STYLES[result.status]
+        note = f" [yellow]{result.note}[/]" if result.note else ""
         self.console.print(f"[{style}]{result.status:>7}[/] {name} "
-                           f"[dim]{result.seconds:.2f}s {(result.key or '')[:12]}[/]")
+                           f"[dim]{result.seconds:.2f}s {(result.key or '')[:12]}[/]{note}")
 
 
 def summary_table(results: dict[str, NodeResult], title: str) -> Table:

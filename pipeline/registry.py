@@ -76,6 +76,9 @@ class StageSpec:
     # runs alone, with no other stage beside it: latency measured next to a busy core lies;
     # a function of the node's config when only some settings time things
     exclusive: bool | Callable[[dict[str, Any]], bool] = False
+    # measures the target's hardware: with run.executor=ray it runs only on a worker that
+    # advertises the target's runtime.ray_resources
+    on_target: bool = False
     # its output is a target's bundle; the publisher adds the manifest and archive
     publishes: bool = False
     # params the publisher reads, not the stage (signing keys): kept out of the stage's key

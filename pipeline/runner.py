@@ -50,7 +50,7 @@ def run_recipe(cfg: DictConfig, console: Console | None = None,
     finish = _Finish(choose, time.time(),
                      preflight(the_plan, cache, recipe_dir, run_cfg["min_free_mb"], console))
     with LiveDisplay(console, live=run_cfg["progress"]) as display:
-        results = executor.run(the_plan, cache, run_cfg["jobs"], display)
+        results = _execute(the_plan, cache, run_cfg, display)
     errors = [r.error for r in results.values() if r.error is not None]
     try:
         record = _publish_and_log(the_plan, results, cache, recipe_dir, finish)
@@ -72,6 +72,15 @@ def run_recipe(cfg: DictConfig, console: Console | None = None,
         raise _first_or_all_gates(errors)
     fastpath.after_build(the_plan, results, record, cache)
     return record
+
+
+def _execute(the_plan: plan.Plan, cache: Cache, run_cfg: dict[str, Any],
+             display: LiveDisplay) -> dict[str, executor.NodeResult]:
+    if run_cfg["executor"] == "ray":  # Ray is imported only here, only when asked for
+        from pipeline.cluster import executor as on_cluster
+
+        return on_cluster.run(the_plan, cache, run_cfg, display)
+    return executor.run(the_plan, cache, run_cfg["jobs"], display)
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,7 @@ def _record(the_plan: plan.Plan, results: dict[str, executor.NodeResult],
         "seconds": round(seconds, 3),
         "stages": [{"stage": r.node.stage, "kind": r.node.spec.kind, "target": r.node.target,
                     "status": r.status, **({"note": r.note} if r.note else {}),
+                    **({"where": r.where} if r.where else {}),
                     **({"from": "remote"} if r.entry is not None and r.entry.remote else {}),
                     "seconds": round(r.seconds, 3), "key": r.key} for r in results.values()],
         "bundles": {target: str(path) for target, path in bundles.items()},

@@ -178,6 +178,20 @@ class DatasetConfig:
     training_size: int | None = at_least(0, None, "0 = no training samples")
 
 
+class Executor(Enum):
+    local = "local"  # a thread pool on this machine (run.jobs)
+    ray = "ray"  # one Ray task per stage node on the cluster at run.ray.address
+
+
+@dataclass
+class RayConfig:
+    # host:port of the cluster's head (or ray://host:10001); null = the RAY_ADDRESS environment
+    # variable; "local" = a private cluster on this machine, gone when the run ends
+    address: str | None = None
+    # attempts more for a node whose worker process or machine died (Ray's max_retries)
+    max_retries: int = at_least(0, 3)
+
+
 @dataclass
 class RunConfig:
     jobs: int = at_least(1, 2)
@@ -196,6 +210,8 @@ class RunConfig:
     keep_bundles: int = 3
     # a run refuses to start (exit 5) with less free space than this in either directory
     min_free_mb: float = 64
+    executor: Executor = Executor.local
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass

@@ -49,6 +49,9 @@ class RuntimeSpec:
 
     distribution: str = "onnxruntime"
     version: str = ""  # e.g. ">=1.18,<1.25"; empty = any
+    # run.executor=ray: Ray resources a worker must advertise to run this target's on-target
+    # stages (validate), e.g. {"edgekiln/jetson_orin": 1}; placement only, never in a cache key
+    ray_resources: dict[str, float] = field(default_factory=dict)
 
 
 class ModelFormat(Enum):

@@ -35,7 +35,7 @@ def _row(plan: Plan, results: dict[str, NodeResult], name: str, bundle: str) -> 
     failed = [f"{n}: {results[n].error}" for n in chain if results[n].status == "failed"]
     skipped = [n for n in chain if results[n].status == "skipped"]
     verdict = ("published" if results[name].status in ("ran", "cached")
-               else f"FAILED {failed[0]}" if failed else f"not built ({skipped[0]} skipped)")
+               else f"FAILED {failed[0]}" if failed else _not_built(results, skipped[0]))
     if verdict == "published" and (metrics.get("quantization") or {}).get("fallback_reason"):
         verdict = "published as FP32: no quantized candidate qualified"
     latency, size = metrics.get("latency_ms") or {}, metrics.get("size_bytes") or {}
@@ -48,6 +48,11 @@ def _row(plan: Plan, results: dict[str, NodeResult], name: str, bundle: str) -> 
             "mean_cosine": metrics.get("mean_cosine"),
             "accuracy": metrics.get("accuracy_candidate"),
             "accuracy_fp32": metrics.get("accuracy_fp32"), "verdict": verdict}
+
+
+def _not_built(results: dict[str, NodeResult], skipped: str) -> str:
+    note = results[skipped].note  # why it was skipped, when it says (no device for it)
+    return f"not built ({skipped} skipped{': ' + note if note else ''})"
 
 
 def table(rows: list[dict[str, Any]], title: str) -> Table:

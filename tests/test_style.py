@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "stages")
-HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "numpy", "tf2onnx", "sklearn")
+HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "numpy", "tf2onnx", "sklearn",
+         "ray")
 
 
 def _sources() -> list[Path]:

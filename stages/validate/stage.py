@@ -42,7 +42,7 @@ QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", 
        reads=("dataset", "model.inputs", "target"), per_target=True,
        tools=("onnxruntime", "numpy", "scikit-learn"),
        sources=DATASET_SOURCES, check=check_dataset,
-       exclusive=True, version=3)
+       exclusive=True, on_target=True, version=3)
 def validate(ctx: StageContext) -> dict[str, Any]:
     """Measure agreement, accuracy, latency, placement and size; raise if a gate fails."""
     from stages.common import metrics
