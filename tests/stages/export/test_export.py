@@ -17,7 +17,8 @@ from stages.export.stage import export
 from tests.fixtures.export_models import save_onnx_affine, save_tf_module
 
 ZOO = Path(__file__).resolve().parents[3] / "recipes" / "zoo"
-EXPORT = {"opset": 18, "parity_samples": 2, "parity_atol": 1e-4, "parity_rtol": 1e-3}
+EXPORT = {"opset": 18, "exporter": "dynamo", "parity_samples": 2, "parity_atol": 1e-4,
+          "parity_rtol": 1e-3}
 DIGITS_NCHW = [{"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
 AFFINE = [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}]
 

@@ -20,7 +20,8 @@ from tests.fixtures.corpus import sentences
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY_LM = ROOT / "recipes" / "zoo" / "tiny_lm"
-EXPORT = {"opset": 18, "parity_samples": 2, "parity_atol": 1e-4, "parity_rtol": 1e-3}
+EXPORT = {"opset": 18, "exporter": "dynamo", "parity_samples": 2, "parity_atol": 1e-4,
+          "parity_rtol": 1e-3}
 
 
 def model_section(**model: Any) -> dict[str, Any]:
