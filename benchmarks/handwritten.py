@@ -3,8 +3,10 @@
 export (+ onnx.checker + parity on 4 random samples) -> shape inference + ORT basic offline
 optimization -> quant_pre_process + static QDQ quantization -> validation on the evaluation
 split -> bundle (model, manifest with sha256s, tar.gz). Same settings as the recipes:
-``python benchmarks/handwritten.py --recipe digits_torch --out /tmp/hw``. Writes the seconds of
-each step to ``<out>/timings.json`` so the benchmark can compare them with edgekiln's stages.
+``python benchmarks/handwritten.py --recipe digits_torch --out /tmp/hw [--exporter torchscript]``
+(torch recipes: ``--exporter`` picks torch's exporter as edgekiln's ``export.exporter`` does).
+Writes the seconds of each step to ``<out>/timings.json`` so the benchmark can compare them
+with edgekiln's stages.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ OPSET, PARITY_SAMPLES, PARITY_BATCH, ATOL, RTOL = 18, 4, 2, 1e-4, 1e-3
 CALIBRATION_SAMPLES, WARMUP_RUNS, LATENCY_RUNS = 128, 3, 30
 
 
-def export_torch(recipe: dict[str, Any], path: Path) -> Any:
-    """Build + load the module, export with dynamo; returns the eager reference function."""
+def export_torch(recipe: dict[str, Any], path: Path, exporter: str) -> Any:
+    """Build + load the module, export with ``exporter``; returns the eager reference."""
     import torch
     from torch.export import Dim
 
@@ -64,10 +66,15 @@ def export_torch(recipe: dict[str, Any], path: Path) -> Any:
         module.load_state_dict(state, strict=True)
     module.eval()
     sample = torch.zeros((PARITY_BATCH, *recipe["shape"]), dtype=torch.float32)
-    program = torch.onnx.export(module, (sample,), dynamo=True, input_names=[recipe["input"]],
-                                output_names=["logits"], opset_version=OPSET,
-                                dynamic_shapes=({0: Dim("batch")},))
-    program.save(str(path))
+    if exporter == "torchscript":
+        torch.onnx.export(module, (sample,), str(path), dynamo=False,
+                          input_names=[recipe["input"]], output_names=["logits"],
+                          opset_version=OPSET, dynamic_axes={recipe["input"]: {0: "batch"}})
+    else:
+        program = torch.onnx.export(module, (sample,), dynamo=True,
+                                    input_names=[recipe["input"]], output_names=["logits"],
+                                    opset_version=OPSET, dynamic_shapes=({0: Dim("batch")},))
+        program.save(str(path))
 
     def reference(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -76,13 +83,15 @@ def export_torch(recipe: dict[str, Any], path: Path) -> Any:
     return reference
 
 
-def export_keras(recipe: dict[str, Any], path: Path) -> Any:
+def export_keras(recipe: dict[str, Any], path: Path, exporter: str) -> Any:
     """Load the .keras file and convert a tf.function with an input signature via tf2onnx."""
     import keras
     import onnx
     import tensorflow as tf
     import tf2onnx
 
+    if exporter != "dynamo":
+        raise SystemExit(f"--exporter {exporter}: torch recipes only; Keras goes through tf2onnx")
     model = keras.models.load_model(recipe["path"], compile=False)
     spec = [tf.TensorSpec([None, *recipe["shape"]], tf.float32, name=recipe["input"])]
     function = tf.function(lambda x: model(x, training=False), input_signature=spec)
@@ -195,7 +204,7 @@ def package(model: Path, report: dict[str, Any], out: Path) -> Path:
     return archive
 
 
-def build(name: str, out: Path) -> dict[str, float]:
+def build(name: str, out: Path, exporter: str) -> dict[str, float]:
     """Every step of the recipe, timed; returns step -> seconds."""
     import onnx
     from omegaconf import OmegaConf
@@ -212,8 +221,8 @@ def build(name: str, out: Path) -> dict[str, float]:
         clock = time.perf_counter()
 
     exported, optimized, quantized = (work / f"{s}.onnx" for s in ("export", "opt", "int8"))
-    exporter = export_torch if recipe["framework"] == "torch" else export_keras
-    reference = exporter(recipe, exported)
+    export = export_torch if recipe["framework"] == "torch" else export_keras
+    reference = export(recipe, exported, exporter)
     onnx.checker.check_model(str(exported))
     parity(exported, reference, recipe)
     lap("export")
@@ -234,10 +243,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))  # the model factories (recipes.zoo) and the digits loader
     started = time.perf_counter()
-    timings = build(args.recipe, args.out)
+    timings = build(args.recipe, args.out, args.exporter)
     timings["total"] = round(time.perf_counter() - started, 3)
     (args.out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     print(json.dumps(timings))

@@ -113,6 +113,13 @@ def dynamic_shapes(inputs: Any) -> tuple[dict[int, Any] | None, ...] | None:
     return tuple(shapes) if any(shapes) else None
 
 
+def dynamic_axes(inputs: Any) -> dict[str, dict[int, str]]:
+    """The TorchScript exporter's form of the string-named axes: input name -> {axis: name}."""
+    axes = {spec.name: {axis: size for axis, size in enumerate(spec.shape)
+                        if isinstance(size, str)} for spec in inputs}
+    return {name: named for name, named in axes.items() if named}
+
+
 def flatten(result: Any) -> list[Any]:
     """Outputs in the order the exporter flattens them: dicts by insertion, sequences in order."""
     if isinstance(result, Mapping):

@@ -5,6 +5,7 @@ Parity uses np.allclose's rule, |onnx - ref| <= atol + rtol * |ref|, on seeded r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import RecipeError, StageError
@@ -17,6 +18,34 @@ if TYPE_CHECKING:
 
     from stages.common.datasets.splits import Feed
     from stages.export.from_torch import Reference
+
+
+@dataclass(frozen=True)
+class Feeds:
+    """What export runs the models on. The exporter traces ``trace`` (the first sample), which
+    the source model also runs first, to name a bad input shape before the exporter does; the
+    parity feeds start with that same sample, so its reference outputs are reused, and the
+    other ``samples - 1`` follow as one batch, one run of each model instead of one a sample.
+    The batch runs the ONNX model at another size than it was traced at, too."""
+
+    trace: Feed
+    parity: list[Feed]
+    samples: int
+
+
+def export_feeds(inputs: Any, samples: list[Feed], count: int) -> Feeds:
+    """``samples[0]`` to trace, ``samples[:count]`` to compare on, batched where ``inputs``
+    all lead with one dynamic dim (``batch``); else one feed a sample, as a fixed-size or
+    differently-led input cannot stack them."""
+    import numpy as np
+
+    parity, leading = samples[:count], {spec.shape[0] if len(spec.shape) else None
+                                        for spec in inputs}
+    rest = parity[1:]
+    if len(rest) > 1 and len(leading) == 1 and isinstance(next(iter(leading)), str):
+        rest = [{name: np.concatenate([feed[name] for feed in rest]) for name in rest[0]}]
+    return Feeds(trace=samples[0], parity=parity[:1] + rest, samples=len(parity))
+
 
 def graph_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs that are not initializers (old exporters list weights as inputs too)."""
@@ -81,9 +110,9 @@ def declared(inputs: Any, sample: Feed) -> str:
                      f"as {list(sample[spec.name].shape)})" for i, spec in enumerate(inputs))
 
 
-def parity(path: Path, reference: Reference | None, samples: list[Feed],
+def parity(path: Path, reference: Reference | None, feeds: Feeds,
            settings: Any) -> dict[str, Any]:
-    """Run ``samples`` through onnxruntime and ``reference``; fail beyond the tolerances.
+    """Run the parity feeds through onnxruntime and ``reference``; fail beyond the tolerances.
 
     Without a reference (an ONNX source) the samples still prove that the model runs.
     """
@@ -92,7 +121,7 @@ def parity(path: Path, reference: Reference | None, samples: list[Feed],
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [value.name for value in session.get_outputs()]
     worst = {name: (0.0, 0.0) for name in names}
-    for feed in samples:
+    for feed in feeds.parity:
         got = session.run(None, feed)
         if reference is None:
             continue
@@ -103,9 +132,10 @@ def parity(path: Path, reference: Reference | None, samples: list[Feed],
         for name, actual, expected in zip(names, got, want, strict=True):
             diffs = compare(name, actual, expected, settings)
             worst[name] = (max(worst[name][0], diffs[0]), max(worst[name][1], diffs[1]))
-    checked = reference is not None and bool(samples)
+    checked = reference is not None and bool(feeds.parity)
     return {
-        "samples": len(samples),
+        "samples": feeds.samples,
+        "runs": len(feeds.parity),  # of each model: the traced sample, then the rest batched
         "max_abs_diff": max(a for a, _ in worst.values()) if checked else None,
         "max_rel_diff": max(r for _, r in worst.values()) if checked else None,
         "outputs": {name: {"max_abs_diff": a, "max_rel_diff": r}

@@ -1,4 +1,5 @@
-"""Hugging Face model folders -> ONNX: transformers' Auto classes, then the dynamo exporter.
+"""Hugging Face model folders -> ONNX: transformers' Auto classes, then torch's exporter
+(dynamo, or TorchScript with ``export.exporter=torchscript``).
 
 ``model.task`` picks the Auto class; the exported module returns one tensor: the pooled
 sentence embedding (feature_extraction), the class logits (sequence_classification) or the
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 from pipeline.errors import InputError, RecipeError
 from stages.common.hf_folders import TOKEN_INPUTS, derived_inputs, model_folder
 from stages.common.torch_models import dynamic_shapes
-from stages.export.from_torch import probe, reference
+from stages.export.from_torch import probe, reference, torchscript
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,6 +41,14 @@ def output_name(task: str, pooling: str) -> str:
     if task == "feature_extraction":
         return "last_hidden_state" if pooling == "none" else "sentence_embedding"
     return "logits"
+
+
+def output_axes(model: Any) -> dict[int, str]:
+    """The dynamic dims of the task's one output, named as the dynamo exporter names them;
+    TorchScript, told nothing, leaves a dim it cannot follow through a reshape unnamed."""
+    per_token = model.task == "causal_lm" or (model.task == "feature_extraction"
+                                              and model.pooling == "none")
+    return {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
 
 
 def derive_keys(cfg: DictConfig) -> dict[str, Any]:
@@ -78,16 +87,30 @@ def export_huggingface(model: Any, export: Any,
     names = [spec.name for spec in model.inputs]
     module = task_module(model_folder(model), model.task, model.pooling, names)
     inputs = {name: torch.from_numpy(sample[name]) for name in names}
-    probe(lambda: module(**inputs), "Hugging Face model", model.inputs, sample,
-          "Check model.inputs (or leave them out to derive them from the folder).")
+    probed = probe(lambda: module(**inputs), "Hugging Face model", model.inputs, sample,
+                   "Check model.inputs (or leave them out to derive them from the folder).")
+    outputs = list(model.outputs) or [output_name(model.task, model.pooling)]
+    if export.exporter == "torchscript":  # a trailing dict of args passes them by name
+        proto = torchscript(module, (inputs,), model, export,
+                            dict.fromkeys(outputs, output_axes(model)))
+    else:
+        proto = _dynamo(module, inputs, model, export, outputs)
+    return proto, reference(module, names, by_name=True, seen=(sample, probed))
+
+
+def _dynamo(module: Any, inputs: dict[str, Any], model: Any, export: Any,
+            outputs: list[str]) -> onnx.ModelProto:
+    import torch
+
+    names = list(inputs)
     shapes = dynamic_shapes(model.inputs) or (None,) * len(names)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints")
         program = torch.onnx.export(
             module, (), kwargs=inputs, dynamo=True, verbose=False, input_names=names,
-            output_names=list(model.outputs) or [output_name(model.task, model.pooling)],
-            opset_version=export.opset, dynamic_shapes=dict(zip(names, shapes, strict=True)))
-    return program.model_proto, reference(module, names, by_name=True)
+            output_names=outputs, opset_version=export.opset,
+            dynamic_shapes=dict(zip(names, shapes, strict=True)))
+    return program.model_proto
 
 
 def load_auto(folder: Path, task: str) -> Any:

@@ -23,12 +23,13 @@ from stages.common.trust import check_factory
 from stages.export.checks import (
     check_signature,
     describe,
+    export_feeds,
     graph_inputs,
     parity,
 )
 from stages.export.from_huggingface import check_huggingface, derive_keys, export_huggingface
 from stages.export.from_tensorflow import export_tensorflow
-from stages.export.from_torch import export_torch
+from stages.export.from_torch import TORCHSCRIPT_OPSETS, export_torch
 from stages.export.params import ExportParams
 
 if TYPE_CHECKING:
@@ -58,11 +59,29 @@ def check_recipe(config: dict[str, Any]) -> None:
         check_factory(model["factory"], "model.factory", model.get("trusted_packages") or ())
     if framework == "huggingface":
         check_huggingface(model)
+    check_exporter(framework, config["export"])
     require_framework(framework)
 
 
+def check_exporter(framework: str, export: dict[str, Any]) -> None:
+    """``export.exporter`` applies to torch models, and TorchScript has its own opset range."""
+    exporter = getattr(export["exporter"], "value", export["exporter"])
+    if exporter != "torchscript":
+        return
+    if framework not in ("torch", "huggingface"):
+        raise RecipeError(f"export.exporter=torchscript: torch's exporters convert torch and "
+                          f"huggingface models; model.framework={framework} has its own "
+                          "converter. Leave export.exporter at dynamo.")
+    opset = export["opset"]
+    if opset not in TORCHSCRIPT_OPSETS:
+        raise RecipeError(
+            f"export.opset={opset} with export.exporter=torchscript: the TorchScript exporter "
+            f"writes opsets {TORCHSCRIPT_OPSETS.start}-{TORCHSCRIPT_OPSETS.stop - 1}. Choose "
+            "one of those, or export.exporter=dynamo for a newer opset.")
+
+
 # alone: the exporters trace and check the model with torch or tensorflow on every core
-@stage("export", params=ExportParams, section=True, reads=("model",), version=3,
+@stage("export", params=ExportParams, section=True, reads=("model",), version=4,
        check=check_recipe, derive=derive_keys, exclusive=True,
        tools=("onnx", "onnxruntime", "torch", "onnxscript", "tensorflow-cpu", "tf2onnx",
               "transformers"),
@@ -74,8 +93,9 @@ def export(ctx: StageContext) -> dict[str, Any]:
     model, settings = ctx.config.model, ctx.config.export
     # the exporters trace with one sample, so there is always at least one
     samples = make_samples(model.inputs, model.dynamic_size, max(settings.parity_samples, 1))
+    feeds = export_feeds(model.inputs, samples, settings.parity_samples)
     ctx.report(f"exporting the {model.framework} model")
-    proto, reference = _convert(model, settings, samples[0])
+    proto, reference = _convert(model, settings, feeds.trace)
     for node in proto.graph.node:
         # the exporter's per-node stack traces hold this machine's paths and are 10% of a
         # small model; nothing downstream reads them
@@ -94,7 +114,7 @@ def export(ctx: StageContext) -> dict[str, Any]:
         "opset": next(o.version for o in header.opset_import if o.domain in ("", "ai.onnx")),
         "inputs": [describe(value) for value in graph_inputs(header.graph)],
         "outputs": [describe(value) for value in header.graph.output],
-        "parity": parity(path, reference, samples[:settings.parity_samples], settings),
+        "parity": parity(path, reference, feeds, settings),
         "nodes": len(header.graph.node),
     }
     (ctx.out / "export.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -17,7 +17,8 @@ from stages.export.stage import export
 from tests.fixtures.export_models import save_onnx_affine, save_tf_module
 
 ZOO = Path(__file__).resolve().parents[3] / "recipes" / "zoo"
-EXPORT = {"opset": 18, "parity_samples": 2, "parity_atol": 1e-4, "parity_rtol": 1e-3}
+EXPORT = {"opset": 18, "exporter": "dynamo", "parity_samples": 2, "parity_atol": 1e-4,
+          "parity_rtol": 1e-3}
 DIGITS_NCHW = [{"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
 AFFINE = [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}]
 
@@ -227,3 +228,72 @@ def test_parity_failure_says_by_how_much(context_factory: Any) -> None:
     ctx = context_factory(config("torch", inputs, factory="tests.fixtures.export_models:drifting"))
     with pytest.raises(StageError, match=r"output '.+' .* differs .* by up to [1-9]"):
         export(ctx)
+
+
+@pytest.mark.parametrize(("shape", "calls", "runs"), [
+    pytest.param(["batch", 3], [(2, 3), (6, 3)], 2, id="batched"),
+    pytest.param([2, 3], [(2, 3)] * 4, 4, id="fixed-batch-one-a-sample"),
+])
+def test_parity_runs_the_traced_sample_then_the_rest_as_one_batch(
+        context_factory: Any, shape: list[Any], calls: list[tuple[int, ...]], runs: int) -> None:
+    from tests.fixtures import export_models
+
+    inputs = [{"name": "x", "dtype": "float32", "shape": shape}]
+    cfg = config("torch", inputs, factory="tests.fixtures.export_models:counting")
+    cfg["export"] = EXPORT | {"parity_samples": 4}
+    export_models.EAGER_CALLS.clear()
+    summary = export(context_factory(cfg))
+    # the probe's run on the traced sample is also its reference: 4 samples, no 5th run
+    assert export_models.EAGER_CALLS == calls
+    assert summary["parity"]["samples"] == 4
+    assert summary["parity"]["runs"] == runs
+    assert summary["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_torchscript_traces_at_one_size_and_checks_parity_at_another(
+        context_factory: Any) -> None:
+    from tests.fixtures import export_models
+
+    cfg = config("torch", [{"name": "x", "dtype": "float32", "shape": ["batch", 3]}],
+                 factory="tests.fixtures.export_models:counting", outputs=["y"])
+    cfg["export"] = EXPORT | {"parity_samples": 4, "exporter": "torchscript"}
+    export_models.EAGER_CALLS.clear()
+    summary = export(context_factory(cfg))
+    # the probe and TorchScript's own trace at batch 2, then one reference run at batch 6
+    assert export_models.EAGER_CALLS[-1] == (6, 3)
+    assert set(export_models.EAGER_CALLS[:-1]) == {(2, 3)}
+    assert summary["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}]
+    assert summary["parity"]["runs"] == 2
+
+
+@pytest.mark.parametrize(("inputs", "batched"), [
+    pytest.param([["batch", 3], ["batch", 5, "sequence"]], True, id="one-leading-dim"),
+    pytest.param([["batch", 3], [4, 5]], False, id="a-fixed-input"),
+    pytest.param([["batch", 3], ["sequence", 3]], False, id="different-leading-dims"),
+])
+def test_export_feeds_batch_only_inputs_that_share_a_leading_dynamic_dim(
+        inputs: list[list[Any]], batched: bool) -> None:
+    from omegaconf import OmegaConf
+
+    from stages.common.sample_inputs import make_samples
+    from stages.export.checks import export_feeds
+
+    specs = OmegaConf.create([{"name": f"i{n}", "dtype": "float32", "shape": shape,
+                               "low": 0.0, "high": 1.0} for n, shape in enumerate(inputs)])
+    samples = make_samples(specs, 2, 4)
+    feeds = export_feeds(specs, samples, 4)
+    assert feeds.trace is samples[0]
+    assert feeds.parity[0] is samples[0]
+    assert len(feeds.parity) == (2 if batched else 4)
+    if batched:  # the same numbers, stacked: nothing drawn anew
+        assert np.array_equal(feeds.parity[1]["i1"],
+                              np.concatenate([s["i1"] for s in samples[1:]]))
+
+
+def test_torchscript_is_refused_for_a_framework_it_does_not_convert() -> None:
+    from stages.export.stage import check_exporter
+
+    check_exporter("huggingface", {"exporter": "torchscript", "opset": 17})
+    with pytest.raises(RecipeError, match=r"export.exporter=torchscript: .* "
+                                          r"model.framework=tensorflow has its own converter"):
+        check_exporter("tensorflow", {"exporter": "torchscript", "opset": 17})
