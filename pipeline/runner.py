@@ -125,8 +125,9 @@ def preflight(the_plan: plan.Plan, cache: Cache, recipe_dir: Path, min_free_mb: 
         return True
     if any(entry is None for _key, entry in planned(the_plan, cache).values()):
         raise problem
+    # one line however long the path: a log reader greps for it, rich would wrap it at 140
     console.print(f"[yellow]{problem.args[0].split(';')[0]}; everything is cached, so this "
-                  "run only reads it")
+                  "run only reads it", soft_wrap=True)
     return False
 
 
