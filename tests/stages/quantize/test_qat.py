@@ -39,7 +39,8 @@ MODEL = {"name": "digits_cnn", "framework": "torch", "factory": "recipes.zoo.dig
          "inputs": [{"name": "pixels", "dtype": "float32", "shape": ["batch", 1, 8, 8],
                      "low": 0.0, "high": 1.0}],
          "outputs": ["logits"], "dynamic_size": 2}
-EXPORT = {"opset": 18, "parity_samples": 4, "parity_atol": 1e-4, "parity_rtol": 1e-3}
+EXPORT = {"opset": 18, "exporter": "dynamo", "parity_samples": 4, "parity_atol": 1e-4,
+          "parity_rtol": 1e-3}
 DIGITS = {"kind": "digits", "seed": 0, "calibration_size": 256, "evaluation_size": 512}
 
 
