@@ -53,12 +53,14 @@ def test_validate_of_a_routed_target_takes_the_whole_device_worker(placed: plan.
 
 
 def test_an_exclusive_stage_takes_every_cpu_of_the_largest_worker(placed: plan.Plan) -> None:
-    assert request(placed, placed.nodes["validate@cpu"], [HEAD, DEVICE]) == Request(4.0, {})
+    # validate times models; export traces and checks them on every core
+    for name in ("validate@cpu", "export"):
+        assert request(placed, placed.nodes[name], [HEAD, DEVICE]) == Request(4.0, {}), name
 
 
 def test_other_stages_take_one_cpu_anywhere(placed: plan.Plan) -> None:
     # package is per target but measures nothing on it: no device needed
-    for name in ("export", "optimize", "package@dev"):
+    for name in ("optimize", "package@dev"):
         assert request(placed, placed.nodes[name], [HEAD, DEVICE]) == Request(1, {}), name
 
 
