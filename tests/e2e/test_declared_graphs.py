@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from tests.fixtures.cli import run_cli, run_record, statuses
-from tests.fixtures.team import team_dir
+from tests.fixtures.team import install_kind, team_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -156,17 +156,8 @@ def test_a_recipe_from_the_last_release_builds_unchanged(tmp_path: Path) -> None
 
 
 def _site(tmp_path: Path, module: str, source: str) -> dict[str, str]:
-    """A package installed the way pip lays it out: code plus a .dist-info with entry points."""
-    site = tmp_path / "site"
-    (site / "team_kinds").mkdir(parents=True, exist_ok=True)
-    (site / "team_kinds" / "__init__.py").write_text("")
-    (site / "team_kinds" / f"{module}.py").write_text(source)
-    info = site / "team_kinds-0.1.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: team-kinds\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        f"[edgekiln.stages]\nop_census = team_kinds.{module}\n")
-    return {"PYTHONPATH": str(site)}
+    return install_kind(tmp_path / "site", "team_kinds", f"op_census = team_kinds.{module}",
+                        {"__init__.py": "", f"{module}.py": source})
 
 
 def test_a_team_kind_from_its_own_package_runs_in_the_graph(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from tests.fixtures.cli import run_cli, run_record, statuses
-from tests.fixtures.team import team_dir
+from tests.fixtures.team import install_kind, team_dir
 
 pytestmark = pytest.mark.slow
 
@@ -99,14 +99,8 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _crash_kind(root: Path) -> dict[str, str]:
     """The crash kind, installed the way pip lays a package out (code + entry point)."""
-    site = root / "site"
-    (site / "team_crash").mkdir(parents=True)
-    (site / "team_crash" / "__init__.py").write_text(CRASH)
-    info = site / "team_crash-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: team-crash\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[edgekiln.stages]\ncrash = team_crash\n")
-    return {"PYTHONPATH": str(site)}
+    return install_kind(root / "site", "team_crash", "crash = team_crash",
+                        {"__init__.py": CRASH})
 
 
 def test_night_1_sets_the_baseline_and_publishes(nights: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ import yaml
 from tests.fixtures import ray_cluster
 from tests.fixtures.cli import _PROBE, ROOT, run_cli, run_record, statuses
 from tests.fixtures.s3_server import aws_env
-from tests.fixtures.team import team_dir
+from tests.fixtures.team import install_kind, team_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -102,12 +102,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             RECIPE.format(name=name, target=target, profile=profile))
     (recipes / "recipe" / "paused.yaml").write_text(PAUSED)
     site = root / "site"
-    (site / "team_pause").mkdir(parents=True)
-    (site / "team_pause" / "__init__.py").write_text(PAUSE)
-    info = site / "team_pause-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: team-pause\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[edgekiln.stages]\npause = team_pause\n")
+    install_kind(site, "team_pause", "pause = team_pause", {"__init__.py": PAUSE})
     markers = root / "markers"
     markers.mkdir()
     return {"root": root, "recipes": recipes, "site": site, "markers": markers}
