@@ -50,7 +50,7 @@ def first_change(recorded: dict[str, Any], restamped: Files | None = None) -> st
     for path, known in recorded["files"].items():
         if known[0] and _stamp(path) == known[0]:
             continue
-        now = _Walk({}, sha256_file_at)._stamped(path)
+        now = _stamped(path, None, sha256_file_at)
         if now[-1] != known[-1]:
             return path
         if restamped is not None and now[0]:
@@ -67,25 +67,26 @@ class _Walk:
 
     def visit(self, path: str) -> None:
         if not os.path.isdir(path):
-            self.files[path] = self._stamped(path)
+            self.files[path] = _stamped(path, self.previous.get(path), self.digest)
             return
         self.folders[path] = listing(path)
         for name in sorted(os.listdir(path)):
             if name not in SKIPPED:
                 self.visit(os.path.join(path, name))
 
-    def _stamped(self, path: str) -> list[Any]:
-        try:
-            stat = os.stat(path)
-            stamp = stat_stamp(stat)
-            known = self.previous.get(path)
-            digest = known[-1] if known and known[0] == stamp else self.digest(path)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return [[], "missing"]
-        except OSError:
-            return [[], "unreadable"]
-        trusted = time.time_ns() - stat.st_ctime_ns > RACY_NS
-        return [stamp if trusted else [], digest]
+
+def _stamped(path: str, known: list[Any] | None, digest: Callable[[str], str]) -> list[Any]:
+    """[stamp, digest] of ``path`` now; ``known``'s digest if its stamp is unchanged."""
+    try:
+        stat = os.stat(path)
+        stamp = stat_stamp(stat)
+        found = known[-1] if known and known[0] == stamp else digest(path)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return [[], "missing"]
+    except OSError:
+        return [[], "unreadable"]
+    trusted = time.time_ns() - stat.st_ctime_ns > RACY_NS
+    return [stamp if trusted else [], found]
 
 
 def _stamp(path: str) -> list[int] | None:
