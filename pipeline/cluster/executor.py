@@ -21,7 +21,7 @@ from pipeline.cluster.connection import connect
 from pipeline.errors import PipelineError, StageError
 
 # the local executor's dependency and failure policy, shared as it is
-from pipeline.executor import NodeResult, _halted, _ready, _skip_blocked
+from pipeline.executor import NodeResult, _halted, _ready, _reuses, _skip_blocked
 from pipeline.keys import cache_key, key_payload
 
 if TYPE_CHECKING:
@@ -83,14 +83,11 @@ class _Driver:
 
     def start(self, node: Node) -> None:
         self.display.started(node)
-        found = self._cached(node) if self._reuses(node) else None
+        found = self._cached(node) if _reuses(node, self.plan) else None
         if found is not None:
             self.finish(found)
         else:
             self._submit(node)
-
-    def _reuses(self, node: Node) -> bool:
-        return node.cache and node.name not in self.plan.force
 
     def _cached(self, node: Node) -> NodeResult | None:
         start = time.perf_counter()
@@ -114,7 +111,7 @@ class _Driver:
         ups = {slot: self.results[up] for slot, up in node.upstream.items()}
         keys = {slot: r.key for slot, r in ups.items() if r.status != "lost" and r.key}
         lost = {slot: r.lost or "" for slot, r in ups.items() if r.status == "lost"}
-        job = worker.job_for(node, self.run_cfg, keys, lost, self._reuses(node))
+        job = worker.job_for(node, self.run_cfg, keys, lost, _reuses(node, self.plan))
         self.running[self.task.options(**wanted.options()).remote(job)] = (node, wanted)
 
     def collect(self) -> None:
