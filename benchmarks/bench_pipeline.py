@@ -86,17 +86,13 @@ def edgekiln(recipe: str, artifacts: Path, *overrides: str) -> list[str]:
 
 
 def handwritten(recipe: str, out: Path, exporter: str) -> list[str]:
-    command = [sys.executable, str(HANDWRITTEN), "--recipe", SETUPS[recipe][0],
-               "--out", str(out)]
-    return [*command, "--exporter", exporter] if exporter != "dynamo" else command
+    return [sys.executable, str(HANDWRITTEN), "--recipe", SETUPS[recipe][0], "--out", str(out),
+            "--exporter", exporter]
 
 
 def exporters(recipe: str) -> list[str]:
     """The exporters both sides offer for this recipe (TorchScript: torch models only)."""
-    script = subprocess.run([sys.executable, str(HANDWRITTEN), "--help"], capture_output=True,
-                            text=True, check=True).stdout
-    return ["dynamo", "torchscript"] if recipe in TORCH_RECIPES and "--exporter" in script \
-        else ["dynamo"]
+    return ["dynamo", "torchscript"] if recipe in TORCH_RECIPES else ["dynamo"]
 
 
 class Bench:
