@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,18 +64,17 @@ def test_the_plan_sees_each_source_as_loading_shapes_it(tmp_path: Path) -> None:
         assert {json.dumps(p.layout) for p in peeked} == loaded, dataset
 
 
-def test_a_wrong_input_name_fails_the_plan_in_well_under_a_second(tmp_path: Path) -> None:
+def test_a_wrong_input_name_fails_the_plan(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", pixels=np.zeros((40, 1, 8, 8), np.float32))
     cfg = compose_recipe("digits_torch", "dataset.kind=npz", f"dataset.path={tmp_path / 'd.npz'}")
     plan.build(cfg)  # the stage kinds imported once, as the CLI does before building
     cfg = compose_recipe("digits_torch", "dataset.kind=npz", f"dataset.path={tmp_path / 'd.npz'}",
                          "model.inputs.0.name=pixels_")
-    start = time.perf_counter()
+    # how fast: benchmarks/bench_plan_checks.py (a timed assert here failed on loaded machines)
     with pytest.raises(InputError, match=r"dataset.path '.*d.npz': sample .*d.npz\[0\]: model "
                        r"input 'pixels_' \(model.inputs.0\) has no data \(the sample has "
                        r"\[.pixels.\]\)\. Every sample must match model.inputs \(checked before"):
         plan.build(cfg)
-    assert time.perf_counter() - start < 0.5
 
 
 def test_the_cli_stops_before_export_on_a_dtype_the_data_does_not_have(tmp_path: Path) -> None:
