@@ -3,9 +3,11 @@
 Each build must ship either a quantized model that keeps its fidelity gate and beats FP32 on
 this machine's CPU EP (validate's default min_speedup gate checks it again, independently), or
 the FP32 model with the reason; never a slower or broken INT8. The sentence encoder must reach
-a per-sample cosine of 0.99 with FP32 at INT8 (the issue's bar for embeddings). Measured when
-this was written: MiniLM -> dynamic_matmul (min cosine 0.9908, 3.1 vs 5.2 ms); mobilenet_v3_
-small -> FP32 (its INT8 candidates ran 3x slower, min cosine 0.83).
+a per-sample cosine of 0.99 with FP32 at INT8 (the issue's bar for embeddings); whether that
+INT8 is also faster depends on the CPU. Measured: MiniLM -> dynamic_matmul (min cosine 0.9908,
+3.1 vs 5.2 ms on an Intel CPU with AMX; 1.14x on an AMD EPYC; 0.69x on one CI machine, which
+shipped FP32 for speed); mobilenet_v3_small -> FP32 (its INT8 candidates ran 3x slower, min
+cosine 0.83).
 """
 
 from __future__ import annotations
@@ -85,5 +87,17 @@ def test_auto_ships_a_faster_faithful_int8_or_fp32_with_the_reason(
         assert validation["min_sample_cosine"] >= 0.98
         assert validation["gates"][-1]["gate"] == "min_speedup"  # the default gate ran
     if name == "minilm":
-        assert choice["chosen"] != "fp32"
+        _minilm_keeps_the_embedding_bar(choice, validation, rows)
+
+
+def _minilm_keeps_the_embedding_bar(choice: dict[str, Any], validation: dict[str, Any],
+                                    rows: dict[str, dict[str, Any]]) -> None:
+    # Fidelity is the CPU-independent half of the bar: dynamic_matmul keeps a per-sentence cosine
+    # of 0.99 wherever it runs. Whether INT8 also beats FP32 is the CPU's answer: CI once timed
+    # every INT8 candidate at 0.69x FP32, and then FP32 ships with speed as the only reason.
+    assert rows["dynamic_matmul"]["min_sample_cosine"] >= 0.99
+    if choice["chosen"] == "fp32":
+        assert all(reason.startswith(("speedup", "saves"))
+                   for reason in rows["dynamic_matmul"]["failed"])
+    else:
         assert validation["min_sample_cosine"] >= 0.99
