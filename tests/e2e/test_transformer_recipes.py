@@ -33,16 +33,24 @@ def _ops(bundle: Path) -> set[str]:
             .graph.node}
 
 
-def test_minilm_cpu_ships_a_fused_int8_encoder_faithful_per_sentence(tmp_path: Path) -> None:
+def test_minilm_cpu_ships_a_fused_encoder_as_int8_wherever_int8_is_faster(tmp_path: Path) -> None:
     stages = _build("minilm_cpu", tmp_path)["stages"]
     assert stages["optimize"]["summary"]["fusions"]["applied"]["attention"] == 6
-    choice = stages["quantize@cpu"]["summary"]["quantization"]
-    assert choice["chosen"] != "fp32", choice["fallback_reason"]
+    quantize = stages["quantize@cpu"]["summary"]
+    rows = {row["name"]: row for row in quantize["candidates"]}
+    assert max(rows[name]["min_sample_cosine"] for name in ("dynamic", "dynamic_matmul")) >= 0.99
+    ops = _ops(tmp_path / "minilm_cpu" / "cpu")
+    assert "Attention" in ops
+    if quantize["quantization"]["chosen"] == "fp32":
+        # only a CPU on which INT8 loses to the fused FP32 graph may ship FP32 (see
+        # tests/e2e/test_auto_corpus.py); the faithful candidates then lost on speed alone
+        assert all(reason.startswith(("speedup", "saves")) for name in ("dynamic", "dynamic_matmul")
+                   if rows[name]["min_sample_cosine"] >= 0.99 for reason in rows[name]["failed"])
+        assert not ops & {"DynamicQuantizeLinear", "MatMulInteger", "QAttention"}
+        return
     validation = stages["validate@cpu"]["summary"]
     assert validation["min_sample_cosine"] >= 0.99
     assert validation["speedup"] > 1.0  # against the fused FP32 graph, on this CPU
-    ops = _ops(tmp_path / "minilm_cpu" / "cpu")
-    assert "Attention" in ops
     assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "QAttention"}
 
 
