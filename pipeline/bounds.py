@@ -7,12 +7,17 @@ A params or schema dataclass marks a count with ``at_least``::
 
 and ``check_bounds`` walks a resolved section against its dataclass, nested dataclasses
 included, so ``quantize.calibration.samples=-5`` fails before any stage runs, naming the key.
+``check_list_items`` covers a gap in OmegaConf 2.3's own checks: a typed list of scalars
+(``run.targets: list[str]``) takes a list or mapping as an item unchecked (``[[]]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
 from typing import Any
+
+from omegaconf import Container, DictConfig, ListConfig
 
 from pipeline.errors import RecipeError
 
@@ -53,3 +58,29 @@ def _nested(spec: dataclasses.Field[Any]) -> type:
         default = spec.default_factory()
         return type(default) if dataclasses.is_dataclass(default) else object
     return type(spec.default) if dataclasses.is_dataclass(spec.default) else object
+
+
+def check_list_items(node: Container, where: str) -> None:
+    """Raise RecipeError naming ``where.<key>.<i>`` for a list or mapping given as an item of a
+    list the schema types as scalars. Child nodes are read unresolved (OmegaConf's node API,
+    which holds each list's element type), so an interpolation is never evaluated here."""
+    if isinstance(node, DictConfig):
+        if node._is_missing() or node._is_none():
+            return
+        children = [(str(key), node._get_node(key)) for key in node]
+    else:
+        children = [(str(i), node._get_node(i)) for i in range(len(node))]
+        element = node._metadata.element_type
+        for index, item in children:
+            if _is_scalar_type(element) and isinstance(item, Container) and not item._is_none():
+                kind = "a list" if isinstance(item, ListConfig) else "a mapping"
+                raise RecipeError(f"{where}.{index}: expected a {element.__name__}, got {kind} "
+                                  f"({item}).")
+    for key, child in children:
+        if isinstance(child, Container):
+            check_list_items(child, f"{where}.{key}".lstrip("."))
+
+
+def _is_scalar_type(element: Any) -> bool:
+    return element in (str, int, float, bool) or (isinstance(element, type)
+                                                  and issubclass(element, Enum))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from pipeline.bounds import check_bounds
+from pipeline.bounds import check_bounds, check_list_items
 from pipeline.errors import RecipeError, did_you_mean
 from pipeline.targets import LEGACY_STAGE_OVERRIDES
 
@@ -45,6 +45,7 @@ def stage_params(resolved: dict[str, Any], stage: Stage, target: str | None) -> 
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as exc:
             raise RecipeError(_explain(where, exc, merged)) from None
+        check_list_items(merged, where)
     return OmegaConf.to_container(merged, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 

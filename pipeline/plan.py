@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline import graph
-from pipeline.bounds import check_bounds
+from pipeline.bounds import check_bounds, check_list_items
 from pipeline.errors import RecipeError, did_you_mean
 from pipeline.params import stage_params
 from pipeline.registry import REGISTRY, load_kinds
@@ -78,6 +78,7 @@ class Plan:
 def build(cfg: DictConfig) -> Plan:
     """Check ``cfg`` and expand it into nodes, in an order where inputs come first."""
     load_kinds()
+    check_list_items(cfg, "")
     resolved = _resolve(_derived(cfg))
     _check_sections(resolved)
     for section, schema in (("model", ModelConfig), ("dataset", DatasetConfig), ("run", RunConfig)):

@@ -79,3 +79,28 @@ def test_the_cli_refuses_calibration_samples_below_one(tmp_path: Path, value: st
     assert "Traceback" not in result.stderr
     assert result.imported == []  # refused at plan time, before any framework loaded
     assert not (tmp_path / ".cache").exists()  # nothing was built
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    pytest.param("run.targets=[[]]", r"^run\.targets\.0: expected a str, got a list \(\[\]\)\.$",
+                 id="top-level section"),
+    pytest.param("quantize.auto.candidates=[dynamic,{a: 1}]",
+                 r"^quantize\.auto\.candidates\.1: expected a str, got a mapping",
+                 id="a stage's section"),
+    pytest.param("+stages.quantize.params.auto.candidates=[[static]]",
+                 r"^stages\.quantize\.params\.auto\.candidates\.0: expected a str, got a list",
+                 id="stages.<name>.params"),
+])
+def test_a_list_where_the_schema_wants_a_string_fails_the_plan(override: str,
+                                                               message: str) -> None:
+    # OmegaConf 2.3 lets a container stand in for a str item of a typed list; plan.build once
+    # crashed on run.targets=[[]] with "unhashable type: 'list'" (found by test_recipe_fuzz)
+    with pytest.raises(RecipeError, match=message):
+        plan.build(compose_recipe("digits_torch", override))
+
+
+def test_lists_of_mappings_and_interpolated_items_still_plan() -> None:
+    # the x86_cpu target's execution_providers is a list of mappings, by its schema
+    nodes = plan.build(compose_recipe("digits_torch",
+                                      "run.targets=[${oc.env:EDGEKILN_T,cpu}]")).nodes
+    assert "quantize.static@cpu" in nodes
