@@ -32,7 +32,10 @@ def _hydra_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIPELINE_FULL_ERROR", raising=False)
 
 
-@settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# database=None: Hypothesis would keep its example database in ./.hypothesis of whatever folder
+# pytest runs from; a failure prints its falsifying example, which becomes a regression test
+@settings(max_examples=220, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(examples)
 def test_fuzzed_recipes_fail_in_one_paragraph_or_succeed(example: Example) -> None:
     with tempfile.TemporaryDirectory() as folder:
