@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 from omegaconf import OmegaConf
 
 from pipeline.registry import StageContext
 
+# Hypothesis keeps caches (and, unless a test says database=None, its example database) in
+# ./.hypothesis of whatever folder pytest runs from; a test run writes nothing into the checkout
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "edgekiln-hypothesis")
 # s3_server / s3_bucket: a real S3-protocol server on loopback for the shared-cache tests
 pytest_plugins = ("tests.fixtures.s3_server",)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from tests.fixtures.corpus import Corpus
 
