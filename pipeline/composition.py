@@ -42,6 +42,24 @@ def recipe_error(exc: BaseException, search_path: list[Path]) -> RecipeError | N
 
 def _file_error(exc: BaseException) -> RecipeError | None:
     """A recipe file Hydra could not read or load: YAML, encoding, self-reference, defaults."""
+    found = _yaml_error(exc)  # first: a YAML error may come wrapped in any of the others
+    if found is not None:
+        return found
+    if isinstance(exc, RecursionError):  # OmegaConf walks a self-referencing node forever
+        return RecipeError("the recipe refers to itself: a YAML alias inside its own anchor "
+                           "(x: &a [*a]) or an interpolation that leads back to its key")
+    if isinstance(exc, UnicodeDecodeError):
+        return RecipeError(f"a recipe file is not UTF-8 text: {exc}")
+    if isinstance(exc, OSError) and str(exc).startswith(_NOT_A_MAPPING):
+        return _not_a_mapping(exc)
+    # Hydra checks a defaults list with plain ValueErrors ("defaults must be a list")
+    if isinstance(exc, ValueError | TypeError) and _raised_in(exc, ("hydra.", "omegaconf.")):
+        return RecipeError(f"{one_paragraph(str(exc))} (in the recipe's defaults list or a "
+                           "config it loads)")
+    return None
+
+
+def _yaml_error(exc: BaseException) -> RecipeError | None:
     import yaml
 
     for cause in _chain(exc):
@@ -49,15 +67,29 @@ def _file_error(exc: BaseException) -> RecipeError | None:
             return RecipeError(yaml_message(cause))
         if isinstance(cause, yaml.YAMLError):  # unmarked: a reader error (bad bytes)
             return RecipeError(f"unreadable YAML: {cause}")
-    if isinstance(exc, RecursionError):  # OmegaConf walks a self-referencing node forever
-        return RecipeError("the recipe refers to itself: a YAML alias inside its own anchor "
-                           "(x: &a [*a]) or an interpolation that leads back to its key")
-    if isinstance(exc, UnicodeDecodeError):
-        return RecipeError(f"a recipe file is not UTF-8 text: {exc}")
-    # Hydra checks a defaults list with plain ValueErrors ("defaults must be a list")
-    if isinstance(exc, ValueError | TypeError) and _raised_in(exc, ("hydra.", "omegaconf.")):
-        return RecipeError(f"{one_paragraph(str(exc))} (in the recipe's defaults list or a "
-                           "config it loads)")
+    return None
+
+
+# OmegaConf.load's refusal of a file whose YAML is a scalar ("0", "just text"), not a mapping
+_NOT_A_MAPPING = "Invalid loaded object type"
+
+
+def _not_a_mapping(exc: OSError) -> RecipeError:
+    found = str(exc).rpartition(": ")[2]
+    return RecipeError(f"{_file_being_loaded(exc) or 'a recipe file'}: a recipe or group file "
+                       f"must be a YAML mapping of keys to values; this one holds a single "
+                       f"{found} value")
+
+
+def _file_being_loaded(exc: BaseException) -> str | None:
+    """The file Hydra's file config source was loading when ``exc`` was raised (the error
+    itself names none): ``full_path`` of its ``load_config`` frame."""
+    trace = exc.__traceback__
+    while trace is not None:
+        frame = trace.tb_frame
+        if frame.f_code.co_name == "load_config" and "full_path" in frame.f_locals:
+            return str(frame.f_locals["full_path"])
+        trace = trace.tb_next
     return None
 
 

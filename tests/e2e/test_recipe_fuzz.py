@@ -57,8 +57,11 @@ def test_the_valid_base_of_the_fuzz_plans(tmp_path: Path) -> None:
     ("x: &a [*a]\n", "", "the recipe refers to itself"),
     ("defaults: 7\n", "", "defaults must be a list (got int)"),
     ("defaults:\n  - true\n", "", "Unsupported type in defaults"),
+    # found by the fuzz: OmegaConf raised a bare OSError, which escaped with a traceback
+    ("0\n", "fuzz.yaml: ", "must be a YAML mapping of keys to values; this one holds a single "
+     "int value"),
 ], ids=["syntax", "duplicate-key", "python-tag", "self-alias", "defaults-int",
-        "defaults-bool"])
+        "defaults-bool", "scalar-file"])
 def test_yaml_errors_are_one_line_with_file_line_column(tmp_path: Path, text: str,
                                                         where: str, problem: str) -> None:
     """A real subprocess of the CLI, as a user runs it."""
