@@ -17,7 +17,7 @@ import dataclasses
 from enum import Enum
 from typing import Any
 
-from omegaconf import Container, DictConfig, ListConfig
+from omegaconf import Container, ListConfig
 
 from pipeline.errors import RecipeError
 
@@ -64,18 +64,16 @@ def check_list_items(node: Container, where: str) -> None:
     """Raise RecipeError naming ``where.<key>.<i>`` for a list or mapping given as an item of a
     list the schema types as scalars. Child nodes are read unresolved (OmegaConf's node API,
     which holds each list's element type), so an interpolation is never evaluated here."""
-    if isinstance(node, DictConfig):
-        if node._is_missing() or node._is_none():
-            return
-        children = [(str(key), node._get_node(key)) for key in node]
-    else:
+    if isinstance(node, ListConfig):
         children = [(str(i), node._get_node(i)) for i in range(len(node))]
         element = node._metadata.element_type
-        for index, item in children:
-            if _is_scalar_type(element) and isinstance(item, Container) and not item._is_none():
+        for index, item in children if _is_scalar_type(element) else ():
+            if isinstance(item, Container) and not item._is_none():
                 kind = "a list" if isinstance(item, ListConfig) else "a mapping"
-                raise RecipeError(f"{where}.{index}: expected a {element.__name__}, got {kind} "
-                                  f"({item}).")
+                raise RecipeError(f"{where}.{index}: expected a {element.__name__}, got "
+                                  f"{kind} ({item}).")
+    else:  # a None or missing mapping has no keys
+        children = [(str(key), node._get_node(key)) for key in node]
     for key, child in children:
         if isinstance(child, Container):
             check_list_items(child, f"{where}.{key}".lstrip("."))
