@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import pytest
 
+from tests.fixtures.auto_choice import lost_on_speed_alone
 from tests.fixtures.cli import run_cli
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ def test_minilm_cpu_ships_a_fused_encoder_as_int8_wherever_int8_is_faster(tmp_pa
     if quantize["quantization"]["chosen"] == "fp32":
         # only a CPU on which INT8 loses to the fused FP32 graph may ship FP32 (see
         # tests/e2e/test_auto_corpus.py); the faithful candidates then lost on speed alone
-        assert all(reason.startswith(("speedup", "saves")) for name in ("dynamic", "dynamic_matmul")
-                   if rows[name]["min_sample_cosine"] >= 0.99 for reason in rows[name]["failed"])
+        assert all(lost_on_speed_alone(rows[name]) for name in ("dynamic", "dynamic_matmul")
+                   if rows[name]["min_sample_cosine"] >= 0.99)
         assert not ops & {"DynamicQuantizeLinear", "MatMulInteger", "QAttention"}
         return
     validation = stages["validate@cpu"]["summary"]
